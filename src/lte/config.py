@@ -1,0 +1,160 @@
+"""Configuration dataclasses: what LTE does to a model (LTEConfig) and how it trains (TrainConfig).
+
+Both validate on construction and round-trip through plain dicts (saved as JSON beside the
+weights), so a bad value fails at once with a one-line message instead of deep in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GROUPINGS = ("kmeans", "random", "coactivation")
+EFFICIENCY_LOSSES = ("mean", "square")
+MODES = ("dense", "soft", "hard")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+class _DictMixin:
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Build from a dict, rejecting unknown keys with the list of valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+@dataclass
+class LTEConfig(_DictMixin):
+    """How a model is made sparse.
+
+    Choices the paper leaves open are fields here, with the default we chose documented:
+    - ``efficiency_loss``: "mean" (mean sigmoid score, the paper's prose) or "square"
+      (mean squared score, the paper's typeset Eq. 4). Default "mean": its gradient does not
+      vanish as scores approach 0, so it keeps pushing unneeded experts off.
+    - ``separability_eps``: Eq. 5 is ``1/(G-tau)^2``, unbounded at tau; we use
+      ``1/((G-tau)^2 + eps)``.
+    - ``router_bias_init``: routers start with this bias so that training begins with
+      (almost) every expert on (sigmoid(3) = 0.95) instead of exactly at the threshold,
+      where the separability loss is infinite and half the FFN would be cut at once.
+    - ``router_init_std``: std of the router weight init (scaled by 1/sqrt(d)).
+    - ``remainder``: when the FFN width is not a multiple of ``expert_size``: "error"
+      (default) or "last" (the last expert is smaller; it is padded with zero neurons so
+      blocks stay aligned).
+    """
+
+    expert_size: int = 32
+    grouping: str = "kmeans"
+    threshold: float = 0.5
+    efficiency_weight: float = 0.0
+    separability_weight: float = 0.5
+    efficiency_loss: str = "mean"
+    separability_eps: float = 1e-2
+    router_bias_init: float = 3.0
+    router_init_std: float = 1.0
+    remainder: str = "error"
+    kmeans_iters: int = 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.expert_size, int) and self.expert_size >= 1,
+               f"expert_size must be a positive integer, got {self.expert_size!r}")
+        _check(self.grouping in GROUPINGS, f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+        _check(0.0 < self.threshold < 1.0, f"threshold must be in (0, 1), got {self.threshold}")
+        _check(self.efficiency_weight >= 0, f"efficiency_weight must be >= 0, got {self.efficiency_weight}")
+        _check(self.separability_weight >= 0,
+               f"separability_weight must be >= 0, got {self.separability_weight}")
+        _check(self.efficiency_loss in EFFICIENCY_LOSSES,
+               f"efficiency_loss must be one of {EFFICIENCY_LOSSES}, got {self.efficiency_loss!r}")
+        _check(self.separability_eps > 0, f"separability_eps must be > 0, got {self.separability_eps}")
+        _check(math.isfinite(self.router_bias_init), "router_bias_init must be finite")
+        _check(self.router_init_std >= 0, f"router_init_std must be >= 0, got {self.router_init_std}")
+        _check(self.remainder in ("error", "last"), f"remainder must be 'error' or 'last', got {self.remainder!r}")
+        _check(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1, got {self.kmeans_iters}")
+
+    @property
+    def logit_threshold(self) -> float:
+        """``sigmoid(z) > threshold`` <=> ``z > logit(threshold)``."""
+        return math.log(self.threshold / (1.0 - self.threshold))
+
+
+@dataclass
+class TrainConfig(_DictMixin):
+    """How the two LTE stages train.
+
+    Stage lengths are in optimizer steps. Router biases get their own, larger learning rate
+    (``router_bias_lr``): with Adam a parameter moves about one learning rate per step, and
+    a bias that starts "on" must be able to cross the threshold within stage 1. ``target_sparsity`` (if set) replaces the fixed
+    efficiency weight by a feedback controller on it (see ``lte.controller``); the target
+    is approached gradually (``ramp_fraction`` of stage 1) because switching half the
+    blocks off at once is what section 10 of the spec saw fail.
+    """
+
+    stage1_steps: int = 200
+    stage2_steps: int = 100
+    lr: float = 5e-5
+    router_lr: float = 1e-2
+    router_bias_lr: float = 5e-2
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 512
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    target_sparsity: float | None = None
+    ramp_fraction: float = 0.5
+    controller_gain: float = 0.5
+    eta_init: float = 0.5
+    eta_max: float = 1e3
+    separability_ramp: bool = True
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    eval_every: int = 50
+    eval_batches: int = 16
+    save_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("stage1_steps", "stage2_steps"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                   f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("batch_size", "grad_accum", "seq_len", "eval_every", "save_every", "log_every",
+                     "eval_batches"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                   f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        _check(self.lr > 0 and self.router_lr > 0 and self.router_bias_lr > 0, "learning rates must be > 0")
+        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.schedule in ("cosine", "linear", "constant"),
+               f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        _check(self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)")
+        _check(0 <= self.distill_weight <= 1, f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        _check(self.distill_temperature > 0, "distill_temperature must be > 0")
+        if self.target_sparsity is not None:
+            _check(0 < self.target_sparsity < 1, f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
+        _check(0 <= self.ramp_fraction <= 1, f"ramp_fraction must be in [0, 1], got {self.ramp_fraction}")
+        _check(self.controller_gain > 0, "controller_gain must be > 0")
+        _check(self.eta_init > 0 and self.eta_max >= self.eta_init, "need 0 < eta_init <= eta_max")
+        _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+               f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")

@@ -1,0 +1,89 @@
+"""Evaluation: perplexity, FFN sparsity and GFLOPs per token.
+
+Perplexity is computed over the evaluation text in non-overlapping windows of ``seq_len``
+tokens (each window's first token is not predicted); ``tokens`` counts predicted tokens.
+
+GFLOPs per token count multiply-adds as 2 FLOPs in: attention projections (q, k, v, o),
+attention scores and weighted values at the average attended length (``context``; half the
+window for non-overlapping windows), FFN expert blocks actually run (per-layer sparsity),
+routers (when not dense), and the LM head. Embedding look-ups, norms and activations are
+not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .sparsify import get_mode, lte_layers, reset_stats, stats
+
+
+def gflops_per_token(model, per_layer_sparsity: list[float] | None = None, context: int = 512) -> dict[str, float]:
+    """GFLOPs per token, total and by part, for an LTE model at the given per-layer sparsity
+    (None = dense: no routers, every block)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = lte_layers(model)
+    d = layers[0].up.shape[1]
+    n_heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    head_dim = getattr(cfg, "head_dim", None) or d // n_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    vocab = cfg.vocab_size
+    q, kv = n_heads * head_dim, n_kv * head_dim
+    attn_proj = 2 * d * (q + 2 * kv) + 2 * q * d
+    attn_mix = 2 * 2 * n_heads * head_dim * context
+    ffn = router = 0.0
+    for i, layer in enumerate(layers):
+        f = layer.up.shape[0]
+        n_mats = 3 if layer.gate is not None else 2
+        frac = 1.0 if per_layer_sparsity is None else 1.0 - per_layer_sparsity[i]
+        ffn += 2 * n_mats * d * f * frac
+        if per_layer_sparsity is not None:
+            router += 2 * d * layer.n_experts
+    n = len(layers)
+    head = 2 * d * vocab
+    total = n * (attn_proj + attn_mix) + ffn + router + head
+    return {"gflops_per_token": total / 1e9, "attention": n * (attn_proj + attn_mix) / 1e9, "ffn": ffn / 1e9,
+            "router": router / 1e9, "lm_head": head / 1e9}
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, seq_len: int = 1024, batch_size: int = 8,
+               max_windows: int | None = None, progress: bool = True, autocast: bool | None = None) -> dict[str, Any]:
+    """Perplexity of ``model`` on the 1-D token tensor ``ids`` (non-overlapping windows), with
+    the FFN sparsity it ran at and GFLOPs per token."""
+    device = next(model.parameters()).device
+    n_win = ids.numel() // seq_len
+    if n_win == 0:
+        raise ValueError(f"evaluation text has {ids.numel()} tokens, fewer than one window of {seq_len}")
+    if max_windows is not None:
+        n_win = min(n_win, max_windows)
+    windows = ids[: n_win * seq_len].view(n_win, seq_len)
+    was_training = model.training
+    model.eval()
+    reset_stats(model)
+    use_amp = device.type == "cuda" if autocast is None else autocast
+    nll, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for i in tqdm(range(0, n_win, batch_size), desc="eval", disable=not progress, leave=False):
+        x = windows[i:i + batch_size].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                               reduction="sum")
+        nll += loss.double()
+        count += x[:, 1:].numel()
+    model.train(was_training)
+    st = stats(model, cumulative=True)
+    mode = get_mode(model)
+    flops = gflops_per_token(model, None if mode == "dense" else st["per_layer"], context=seq_len // 2)
+    return {
+        "perplexity": math.exp(float(nll) / count),
+        "ffn_sparsity": st["ffn_sparsity"] if mode != "dense" else 0.0,
+        "per_layer_sparsity": st["per_layer"],
+        "gflops_per_token": flops["gflops_per_token"],
+        "tokens": count,
+        "mode": mode,
+    }

@@ -1,0 +1,348 @@
+"""The two-stage LTE trainer.
+
+Stage 1 (soft): routers and model train together; loss = task + eta * efficiency +
+lambda * separability (eta fixed, or set by the target-sparsity controller).
+Stage 2 (hard): routers frozen, threshold selection, the model adapts on the task loss.
+Either stage can add distillation from a frozen dense teacher (KL on logits):
+``loss_task = (1 - a) * CE + a * KL``.
+
+Everything a long run needs: AdamW with warm-up and cosine/linear decay per stage, gradient
+accumulation and clipping, bf16 autocast on GPU, optional gradient checkpointing, seeded
+data order that depends only on the step (so a resumed run sees the same batches),
+JSONL logs (and TensorBoard when installed), evaluation every N steps, and atomic
+checkpoints every N steps and at each stage's end. ``resume=True`` continues from
+``out_dir/checkpoint``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model as st_load_model
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .controller import SparsityController
+from .data import batch_indices
+from .evaluate import perplexity
+from .io import WEIGHTS_FILE, save
+from .losses import distillation_loss, router_losses
+from .sparsify import lte_layers, router_parameters, set_mode, stats
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "trainer_state.pt"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if present) and torch."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def make_teacher(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen dense copy of an LTE model, for distillation."""
+    teacher = copy.deepcopy(model)
+    set_mode(teacher, "dense")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _lr_lambda(total: int, warmup: int, schedule: str):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+@dataclass
+class _Logger:
+    path: Path
+    tb: Any = None
+    records: list = field(default_factory=list)
+
+    def log(self, rec: dict) -> None:
+        self.records.append(rec)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{rec.get('kind', 'train')}/{k}", v, rec["step"])
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(out / "tb"))
+    except Exception:  # noqa: BLE001 - tensorboard is optional
+        return None
+
+
+class Trainer:
+    """Runs both LTE stages on packed token blocks (see module docstring)."""
+
+    def __init__(self, model, tcfg: TrainConfig, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
+                 out_dir: str | os.PathLike, tokenizer=None, teacher=None, progress: bool = True) -> None:
+        self.model, self.cfg, self.tok = model, tcfg, tokenizer
+        self.lte_cfg = model.lte_config
+        self.train_blocks, self.val_blocks = train_blocks, val_blocks
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.device = next(model.parameters()).device
+        self.teacher = teacher
+        if tcfg.distill_weight > 0 and teacher is None:
+            self.teacher = make_teacher(model)
+        mp = tcfg.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if self.device.type == "cuda" else "no"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
+        self.layers = lte_layers(model)
+        self.controller = SparsityController(
+            tcfg.target_sparsity, tcfg.stage1_steps, tcfg.ramp_fraction, tcfg.controller_gain,
+            eta_init=tcfg.eta_init if tcfg.target_sparsity is not None else max(self.lte_cfg.efficiency_weight, 1e-4),
+            eta_max=tcfg.eta_max, separability=self.lte_cfg.separability_weight,
+            separability_ramp=tcfg.separability_ramp)
+        self.step = 0
+        self.opt = self.sched = None
+        self._stage_built = None
+        if tcfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.logger = _Logger(self.out / "log.jsonl", _tensorboard(self.out))
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.stage1_steps + self.cfg.stage2_steps
+
+    def stage_of(self, step: int) -> int:
+        return 1 if step < self.cfg.stage1_steps else 2
+
+    def _build_stage(self, stage: int) -> None:
+        cfg = self.cfg
+        routers = set(map(id, router_parameters(self.model)))
+        body = [p for p in self.model.parameters() if id(p) not in routers]
+        for p in body:
+            p.requires_grad_(True)
+        for p in router_parameters(self.model):
+            p.requires_grad_(stage == 1)
+        groups = [{"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+        if stage == 1:
+            layers = lte_layers(self.model)
+            groups.append({"params": [m.router.weight for m in layers], "lr": cfg.router_lr, "weight_decay": 0.0})
+            groups.append({"params": [m.router.bias for m in layers], "lr": cfg.router_bias_lr, "weight_decay": 0.0})
+        steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
+        self.opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_lambda(steps, int(cfg.warmup_ratio * steps), cfg.schedule))
+        set_mode(self.model, "soft" if stage == 1 else "hard")
+        self._stage_built = stage
+
+    # ------------------------------------------------------------------ one step
+    def _loss(self, x: torch.Tensor, stage: int, local_step: int) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.model(input_ids=x).logits
+            t_logits = None
+            if self.teacher is not None and cfg.distill_weight > 0:
+                with torch.no_grad():
+                    t_logits = self.teacher(input_ids=x).logits
+        flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+        ce = F.cross_entropy(flat, x[:, 1:].reshape(-1))
+        parts = {"ce": ce.detach()}
+        loss = ce
+        if t_logits is not None:
+            kd = distillation_loss(logits[:, :-1], t_logits[:, :-1], temperature=cfg.distill_temperature)
+            loss = (1 - cfg.distill_weight) * ce + cfg.distill_weight * kd
+            parts["kd"] = kd.detach()
+        if stage == 1:
+            eff, sep = router_losses(self.layers, self.lte_cfg.efficiency_loss, self.lte_cfg.threshold,
+                                     self.lte_cfg.separability_eps)
+            eta = self.controller.eta
+            lam = self.controller.separability_at(local_step)
+            loss = loss + eta * eff + lam * sep
+            parts.update(eff=eff.detach(), sep=sep.detach(), eta=eta, lam=lam)
+        return loss, parts
+
+    def train_step(self) -> dict:
+        """One optimizer step (with accumulation); returns its log record."""
+        cfg, step = self.cfg, self.step
+        stage = self.stage_of(step)
+        if self._stage_built != stage:
+            self._build_stage(stage)
+        local = step if stage == 1 else step - cfg.stage1_steps
+        self.model.train()
+        t0 = time.perf_counter()
+        totals: dict[str, float] = {}
+        spars = []
+        self.opt.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):
+            idx = batch_indices(self.train_blocks.shape[0], cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+            x = self.train_blocks[idx].to(self.device)
+            loss, parts = self._loss(x, stage, local)
+            (loss / cfg.grad_accum).backward()
+            spars.append(stats(self.model)["ffn_sparsity"])
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.opt.step()
+        self.sched.step()
+        sparsity = sum(spars) / len(spars)
+        if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
+            self.controller.update(local, sparsity)
+        rec = {"kind": "train", "step": step + 1, "stage": stage, **totals, "sparsity": sparsity,
+               "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
+               "tokens_per_s": cfg.batch_size * cfg.grad_accum * cfg.seq_len / (time.perf_counter() - t0)}
+        if stage == 1 and self.controller.target is not None:
+            rec["target"] = self.controller.target_at(local)
+        self.step += 1
+        return rec
+
+    # ------------------------------------------------------------------ eval / checkpoint
+    def evaluate(self, mode: str | None = None, max_windows: int | None = None) -> dict:
+        """Perplexity and sparsity on the validation blocks, in ``mode`` (default hard)."""
+        if self.val_blocks is None:
+            return {}
+        prev = self.layers[0].mode
+        set_mode(self.model, mode or "hard")
+        res = perplexity(self.model, self.val_blocks.reshape(-1), seq_len=self.val_blocks.shape[1],
+                         batch_size=self.cfg.batch_size, max_windows=max_windows, progress=False)
+        set_mode(self.model, prev)
+        return res
+
+    def save_checkpoint(self) -> Path:
+        """Atomically write model + optimizer + controller + RNG state to ``out/checkpoint``."""
+        path = self.out / CHECKPOINT
+        save(self.model, path, self.tok, extra={"step": self.step})
+        state = {"step": self.step, "stage": self._stage_built, "optimizer": self.opt.state_dict() if self.opt else None,
+                 "scheduler": self.sched.state_dict() if self.sched else None,
+                 "controller": self.controller.state_dict(), "rng": torch.get_rng_state(),
+                 "train_config": self.cfg.to_dict()}
+        tmp = path / f"{STATE_FILE}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path / STATE_FILE)
+        return path
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``out/checkpoint`` if it exists; returns whether it did."""
+        path = self.out / CHECKPOINT
+        if not (path / STATE_FILE).is_file():
+            return False
+        state = torch.load(path / STATE_FILE, weights_only=False)
+        st_load_model(self.model, str(path / WEIGHTS_FILE), strict=False)
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
+        self.step = state["step"]
+        self.controller.load_state_dict(state["controller"])
+        torch.set_rng_state(state["rng"])
+        if state["stage"] is not None and self.step < self.total_steps:
+            self._build_stage(state["stage"])
+            if self.stage_of(self.step) == state["stage"]:
+                self.opt.load_state_dict(state["optimizer"])
+                self.sched.load_state_dict(state["scheduler"])
+            else:
+                self._stage_built = None
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> dict:
+        """Run (or finish) both stages; returns the final summary."""
+        cfg = self.cfg
+        if resume and self.load_checkpoint():
+            self.logger.log({"kind": "resume", "step": self.step})
+        else:
+            seed_everything(cfg.seed)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="lte train", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                rec = self.train_step()
+                if rec["step"] % cfg.log_every == 0 or rec["step"] == self.total_steps:
+                    self.logger.log(rec)
+                post = {"stage": rec["stage"], "loss": f"{rec['loss']:.3f}", "sparsity": f"{rec['sparsity']:.2f}"}
+                if "eta" in rec:
+                    post["eta"] = f"{rec['eta']:.3g}"
+                bar.set_postfix(post)
+                bar.update(1)
+                boundary = self.step == cfg.stage1_steps or self.step == self.total_steps
+                if self.val_blocks is not None and (self.step % cfg.eval_every == 0 or boundary):
+                    ev = self.evaluate(max_windows=cfg.eval_batches * cfg.batch_size)
+                    self.logger.log({"kind": "eval", "step": self.step, "stage": rec["stage"],
+                                     "perplexity": ev["perplexity"], "ffn_sparsity": ev["ffn_sparsity"]})
+                if self.step % cfg.save_every == 0 or boundary:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        set_mode(self.model, "hard")
+        self.model.eval()
+        summary = {"steps": self.step, "train_tokens": self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
+                   "final_eta": self.controller.eta}
+        if self.val_blocks is not None:
+            ev = self.evaluate("hard")
+            summary.update(val_perplexity=ev["perplexity"], val_ffn_sparsity=ev["ffn_sparsity"])
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train(model, tcfg: TrainConfig, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
+          out_dir: str | os.PathLike, tokenizer=None, teacher=None, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Run both LTE stages on ``model`` (already ``lte.sparsify``-ed); returns the summary.
+    The trained model is left in hard mode; the last checkpoint is in ``out_dir/checkpoint``."""
+    trainer = Trainer(model, tcfg, train_blocks, val_blocks, out_dir, tokenizer, teacher, progress)
+    return trainer.fit(resume=resume)
+
+
+def finetune_dense(model, tcfg: TrainConfig, train_blocks: torch.Tensor, steps: int, progress: bool = True) -> list[float]:
+    """Plain causal-LM fine-tuning (the dense baseline, and the step before grouping);
+    returns the per-step losses."""
+    device = next(model.parameters()).device
+    mp = tcfg.mixed_precision
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get("bf16" if mp == "auto" and device.type == "cuda" else mp)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.95), weight_decay=tcfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, int(tcfg.warmup_ratio * steps), tcfg.schedule))
+    seed_everything(tcfg.seed)
+    losses = []
+    for step in tqdm(range(steps), desc="dense fine-tune", disable=not progress, dynamic_ncols=True):
+        opt.zero_grad(set_to_none=True)
+        for micro in range(tcfg.grad_accum):
+            idx = batch_indices(train_blocks.shape[0], tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed + 7)
+            x = train_blocks[idx].to(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            (loss / tcfg.grad_accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    model.eval()
+    return losses
