@@ -79,7 +79,7 @@ def sparsify(model: nn.Module, cfg: LTEConfig | None = None, calibration: Iterab
     adapter = get_adapter(model)
     sites = adapter.sites(model)
     weights = [adapter.extract(s.module, model) for s in sites]
-    for s, w in zip(sites, weights):
+    for w in weights:
         if w.width % cfg.expert_size:
             group_neurons(w, cfg.expert_size, "random")  # raises the explanatory error
     acts = None
