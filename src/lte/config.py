@@ -123,6 +123,7 @@ class TrainConfig(_DictMixin):
     target_sparsity: float | None = None
     ramp_fraction: float = 0.5
     controller_gain: float = 0.5
+    bias_control_gain: float = 1.0
     eta_init: float = 0.5
     eta_max: float = 1e3
     separability_ramp: bool = True
@@ -155,6 +156,7 @@ class TrainConfig(_DictMixin):
             _check(0 < self.target_sparsity < 1, f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         _check(0 <= self.ramp_fraction <= 1, f"ramp_fraction must be in [0, 1], got {self.ramp_fraction}")
         _check(self.controller_gain > 0, "controller_gain must be > 0")
+        _check(self.bias_control_gain >= 0, "bias_control_gain must be >= 0 (0 disables the bias loop)")
         _check(self.eta_init > 0 and self.eta_max >= self.eta_init, "need 0 < eta_init <= eta_max")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")

@@ -5,12 +5,22 @@ with the separability loss on, eta acts as a switch rather than a knob; spec sec
 Here the target is approached along a ramp (``ramp_fraction`` of stage 1, from 0 to the
 target), and eta follows an integral controller in log space,
 ``log eta += gain * (target(t) - measured)`` per step, on an exponential moving average of
-the measured hard sparsity of the training batches. The separability weight is held at 0
+the measured hard sparsity of the training batches, plus a proportional term
+``kp * (target(t) - measured)`` so that an overshoot is answered at once rather than only
+after the integral has unwound. The separability weight is held at 0
 during the ramp (so routers can cross the threshold freely) and then ramped up to its
 configured value over the next half of what remains of stage 1, which separates the
 scores while the controller holds the sparsity. The rise starts only once the measured
-sparsity is within 10% of the target (or at 80% of stage 1 at the latest): separating
+sparsity is within 0.05 of the target (or at 80% of stage 1 at the latest): separating
 scores before the target is reached locks routers in place (spec section 10).
+
+Two loops act on the same error. The slow one is eta (above): it shapes *which* experts
+the routers learn to drop, and lets layers differ. The fast one shifts every router bias
+by ``bias_gain * (measured - target(t))`` after each step: sparsity is monotone in a common
+bias, so this loop settles where eta alone overshoots and locks in (with Adam, routers move
+a learning rate per step whatever eta is, and once scores are far from the threshold the
+task gradient that should pull them back is tiny). The shift is a plain change of the
+router bias, so the saved model still selects experts with ``score > threshold``.
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ class SparsityController:
 
     def __init__(self, target: float | None, total_steps: int, ramp_fraction: float = 0.5, gain: float = 0.5,
                  eta_init: float = 0.1, eta_max: float = 1e3, ema: float = 0.8, separability: float = 0.5,
-                 separability_ramp: bool = True) -> None:
+                 separability_ramp: bool = True, kp: float = 2.0, bias_gain: float = 1.0) -> None:
         self.target = target
         self.total = max(total_steps, 1)
         self.ramp_steps = int(round(ramp_fraction * self.total))
         self.gain = gain
-        self.log_eta = math.log(eta_init)
+        self.log_eta = math.log(eta_init)  # the integral part
+        self.kp = kp
+        self.prop = 0.0
+        self.bias_gain = bias_gain
         self.eta_min, self.eta_max = 1e-4, eta_max
         self.ema_decay = ema
         self.ema: float | None = None
@@ -40,7 +53,7 @@ class SparsityController:
     @property
     def eta(self) -> float:
         """Current efficiency weight."""
-        return math.exp(self.log_eta)
+        return min(max(math.exp(self.log_eta + self.prop), self.eta_min), self.eta_max)
 
     def target_at(self, step: int) -> float | None:
         """The (ramped) sparsity target at stage-1 step ``step``."""
@@ -63,17 +76,23 @@ class SparsityController:
         self.ema = measured if self.ema is None else self.ema_decay * self.ema + (1 - self.ema_decay) * measured
         target = self.target_at(step)
         if self.sep_start is None and step + 1 >= self.ramp_steps and (
-                target is None or self.ema >= 0.9 * target or step + 1 >= int(0.8 * self.total)):
+                target is None or abs(self.ema - target) <= 0.05 or step + 1 >= int(0.8 * self.total)):
             self.sep_start = step + 1
         if target is not None:
             self.log_eta += self.gain * (target - self.ema)
+            self.prop = self.kp * (target - measured)
             self.log_eta = min(max(self.log_eta, math.log(self.eta_min)), math.log(self.eta_max))
         return self.eta
 
+    def bias_shift(self, step: int, measured: float) -> float:
+        """How much to add to every router bias after stage-1 step ``step`` (fast loop)."""
+        target = self.target_at(step)
+        return 0.0 if target is None else self.bias_gain * (measured - target)
+
     def state_dict(self) -> dict:
         """Everything needed to resume."""
-        return {"log_eta": self.log_eta, "ema": self.ema, "sep_start": self.sep_start}
+        return {"log_eta": self.log_eta, "ema": self.ema, "sep_start": self.sep_start, "prop": self.prop}
 
     def load_state_dict(self, d: dict) -> None:
         """Restore from ``state_dict``."""
-        self.log_eta, self.ema, self.sep_start = d["log_eta"], d["ema"], d["sep_start"]
+        self.log_eta, self.ema, self.sep_start, self.prop = d["log_eta"], d["ema"], d["sep_start"], d["prop"]

@@ -125,7 +125,7 @@ class Trainer:
             tcfg.target_sparsity, tcfg.stage1_steps, tcfg.ramp_fraction, tcfg.controller_gain,
             eta_init=tcfg.eta_init if tcfg.target_sparsity is not None else max(self.lte_cfg.efficiency_weight, 1e-4),
             eta_max=tcfg.eta_max, separability=self.lte_cfg.separability_weight,
-            separability_ramp=tcfg.separability_ramp)
+            separability_ramp=tcfg.separability_ramp, bias_gain=tcfg.bias_control_gain)
         self.step = 0
         self.opt = self.sched = None
         self._stage_built = None
@@ -214,7 +214,12 @@ class Trainer:
         self.sched.step()
         sparsity = sum(spars) / len(spars)
         if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
+            shift = self.controller.bias_shift(local, sparsity)
             self.controller.update(local, sparsity)
+            if shift:
+                with torch.no_grad():
+                    for layer in self.layers:
+                        layer.router.bias.add_(shift)
         rec = {"kind": "train", "step": step + 1, "stage": stage, **totals, "sparsity": sparsity,
                "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
                "tokens_per_s": cfg.batch_size * cfg.grad_accum * cfg.seq_len / (time.perf_counter() - t0)}
