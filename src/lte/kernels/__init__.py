@@ -1,15 +1,94 @@
-"""Kernel dispatch for the hard-mode sparse FFN (reference backend; fast backends plug in here)."""
+"""Kernel dispatch for the hard-mode sparse FFN.
+
+Backends (all compute exactly :func:`lte.kernels.reference.sparse_ffn_reference` with the mask
+of :func:`lte.kernels.reference.router_mask`):
+
+* ``reference``: masked dense PyTorch, any device (the definition).
+* ``triton``: CUDA (or ``TRITON_INTERPRET=1`` on CPU tensors); one launch at decode sizes
+  (1-16 tokens) that computes the router on the device, skips unselected experts and
+  reads only the selected 32-neuron blocks; masked dense cuBLAS for prefill.
+* ``cpu``: CPU tensors; a small C kernel (compiled once with the system C compiler) that
+  reads only the selected blocks at 1-8 tokens, masked dense PyTorch above; a PyTorch
+  gather fallback when no compiler is available.
+
+``auto`` picks ``triton`` for CUDA tensors when Triton imports, ``cpu`` for CPU tensors.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
-from .reference import router_mask, sparse_ffn_reference
+from .reference import ACTIVATIONS, router_mask, sparse_ffn_reference
+
+__all__ = ["available_backends", "resolve_backend", "sparse_ffn", "union_sparsity", "router_mask",
+           "sparse_ffn_reference", "ACTIVATIONS"]
+
+BACKENDS = ("reference", "cpu", "triton")
+
+
+def _triton_importable() -> bool:
+    """True when the ``triton`` package can be imported here."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreted() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def available_backends() -> list[str]:
-    """Backends usable in this process."""
-    return ["reference"]
+    """Backends usable in this process (``triton`` only when importable)."""
+    out = ["reference", "cpu"]
+    if _triton_importable():
+        out.append("triton")
+    return out
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """Concrete backend for ``name`` (``auto`` or a backend) on ``device``; raises if it cannot run."""
+    dev = torch.device(device)
+    if name == "auto":
+        if dev.type == "cuda":
+            return "triton" if _triton_importable() else "reference"
+        if dev.type == "cpu":
+            return "cpu"
+        return "reference"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; expected 'auto' or one of {list(BACKENDS)}")
+    if name == "triton":
+        if not _triton_importable():
+            raise RuntimeError("kernel backend 'triton' requested but triton is not installed (pip install triton)")
+        if dev.type != "cuda" and not (dev.type == "cpu" and _triton_interpreted()):
+            raise RuntimeError(f"kernel backend 'triton' needs CUDA tensors (got {dev.type}); on CPU set "
+                               "TRITON_INTERPRET=1 (slow, for tests) or use backend 'cpu'")
+    if name == "cpu" and dev.type != "cpu":
+        raise ValueError(f"kernel backend 'cpu' needs CPU tensors, got {dev.type}")
+    return name
+
+
+def union_sparsity(mask: torch.Tensor) -> float:
+    """Fraction of experts selected by no token of ``mask`` ``[N, E]`` (what a batched kernel skips)."""
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be [N, E], got shape {tuple(mask.shape)}")
+    return 1.0 - mask.any(dim=0).float().mean().item()
+
+
+def _check_args(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
+                expert_size: int, act: str) -> None:
+    if x.dim() != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must be [N >= 1, d], got shape {tuple(x.shape)}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
+    f, d = w_up.shape
+    if x.shape[1] != d or w_down.shape != (f, d):
+        raise ValueError(f"x [N, d={x.shape[1]}], w_up [f, d] {tuple(w_up.shape)} and w_down [f, d] "
+                         f"{tuple(w_down.shape)} do not agree (w_down is stored transposed, neuron-contiguous)")
+    if expert_size < 1 or f % expert_size:
+        raise ValueError(f"f={f} is not a multiple of expert_size={expert_size}")
+    if router_w.shape != (f // expert_size, d):
+        raise ValueError(f"router_w must be [E={f // expert_size}, d={d}], got {tuple(router_w.shape)}")
 
 
 def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
@@ -17,10 +96,17 @@ def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router
                b_up: torch.Tensor | None = None, b_gate: torch.Tensor | None = None,
                b_down: torch.Tensor | None = None, logit_threshold: float = 0.0,
                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard-mode FFN over ``x`` ``[N, d]``: returns ``(y [N, d], mask [N, E])``."""
-    if backend not in ("auto", "reference"):
-        raise ValueError(f"kernel backend {backend!r} is not available; available: {available_backends()}")
+    """Hard-mode FFN over ``x`` ``[N, d]``: returns ``(y [N, d], mask [N, E] bool)``."""
+    _check_args(x, w_up, w_down, router_w, expert_size, act)
+    name = resolve_backend(backend, x.device)
+    kw = dict(expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up, b_gate=b_gate, b_down=b_down)
+    if name == "triton":
+        from .triton_ffn import MAX_DECODE_TOKENS, sparse_ffn_triton
+        if x.shape[0] <= MAX_DECODE_TOKENS:
+            return sparse_ffn_triton(x, w_up, w_down, router_w, router_b, logit_threshold=logit_threshold, **kw)
+        # Prefill: the union of many tokens' experts is nearly all of them; masked dense cuBLAS is fastest.
+    elif name == "cpu":
+        from .cpu import sparse_ffn_cpu
+        return sparse_ffn_cpu(x, w_up, w_down, router_w, router_b, logit_threshold=logit_threshold, **kw)
     mask = router_mask(x, router_w, router_b, logit_threshold)
-    y = sparse_ffn_reference(x, w_up, w_down, mask, expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up,
-                             b_gate=b_gate, b_down=b_down)
-    return y, mask
+    return sparse_ffn_reference(x, w_up, w_down, mask, **kw), mask

@@ -1,0 +1,288 @@
+"""Sparse FFN kernel benchmark: LTE kernels vs dense and vs index_select + matmul.
+
+GPU (default): LLaMA-2-7B FFN (d=4096, f=11008, 344 experts of 32, bf16), batch 1 and 8,
+expert sparsity 0 / 0.25 / 0.5 / 0.75 / 0.9. Each variant is timed in the same run over
+several weight copies (together far bigger than L2), replayed from CUDA graphs (the way a
+compiled decoder runs it), median of many replays; eager times are recorded too.
+
+CPU (``--device cpu``): SmolLM2-135M FFN (d=576, f=1536, 48 experts) over its 30 layers'
+worth of distinct weights (a decode step streams every layer once), batch 1, fp32 and bf16:
+the ``cpu`` backend against dense ``F.linear``.
+
+    PYTHONPATH=src python benchmarks/kernel_bench.py --out benchmarks/results/kernel_h100.json
+    PYTHONPATH=src python benchmarks/kernel_bench.py --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lte.kernels import sparse_ffn, union_sparsity
+from lte.kernels.reference import router_mask, sparse_ffn_reference
+
+SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+def make_weights(n_copies: int, d: int, f: int, s: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[dict]:
+    """Random FFN weight sets: neuron-contiguous for the kernels, nn.Linear layout for dense."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for _ in range(n_copies):
+        wg = (torch.randn(f, d, generator=g, device=device) / d ** 0.5).to(dtype)
+        wu = (torch.randn(f, d, generator=g, device=device) / d ** 0.5).to(dtype)
+        wd_t = (torch.randn(f, d, generator=g, device=device) / f ** 0.5).to(dtype)  # [f, d]
+        out.append(dict(wg=wg, wu=wu, wd_t=wd_t, wd=wd_t.t().contiguous(),  # wd: nn.Linear [d, f]
+                        rw=torch.randn(f // s, d, generator=g, device=device).to(dtype)))
+    return out
+
+
+def threshold_for(x: torch.Tensor, rws: list[torch.Tensor], sparsity: float) -> float:
+    """Logit threshold that leaves ``sparsity`` of (token, expert) pairs unselected, pooled over copies."""
+    logits = torch.cat([(x.float() @ rw.float().t()).flatten() for rw in rws]).sort().values
+    k = int(round(sparsity * logits.numel()))
+    if k <= 0:
+        return float(logits[0]) - 1.0
+    if k >= logits.numel():
+        return float(logits[-1]) + 1.0
+    return float(0.5 * (logits[k - 1] + logits[k]))
+
+
+def dense_ffn(x: torch.Tensor, w: dict) -> torch.Tensor:
+    """The dense baseline a user runs: three cuBLAS/MKL products (gate, up, down) and SiLU."""
+    return F.linear(F.silu(F.linear(x, w["wg"])) * F.linear(x, w["wu"]), w["wd"])
+
+
+def index_select_ffn(x: torch.Tensor, w: dict, thr: float, s: int) -> torch.Tensor:
+    """Router, then ``index_select`` of the union's neurons and dense products on the copies."""
+    mask = router_mask(x, w["rw"], None, thr)
+    experts = mask.any(0).nonzero().flatten()
+    idx = (experts[:, None] * s + torch.arange(s, device=x.device)).flatten()
+    m = mask[:, experts].to(x.dtype).repeat_interleave(s, dim=-1)
+    h = F.silu(F.linear(x, w["wg"].index_select(0, idx))) * F.linear(x, w["wu"].index_select(0, idx))
+    return (h * m) @ w["wd_t"].index_select(0, idx)
+
+
+def lte_ffn(x: torch.Tensor, w: dict, thr: float, s: int, backend: str, **kw) -> torch.Tensor:
+    """The LTE kernel, router included."""
+    if kw:
+        from lte.kernels.triton_ffn import sparse_ffn_triton
+        return sparse_ffn_triton(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu", w_gate=w["wg"],
+                                 logit_threshold=thr, **kw)[0]
+    return sparse_ffn(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu", w_gate=w["wg"],
+                      logit_threshold=thr, backend=backend)[0]
+
+
+def time_cuda_graph(fn, xs: list, ws: list, reps: int = 30) -> float:
+    """Median microseconds per call of ``fn(x, w)`` replayed from a CUDA graph over all weight copies."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            for x, w in zip(xs, ws):
+                fn(x, w)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    per_graph = 4
+    with torch.cuda.graph(graph):
+        for _ in range(per_graph):
+            for x, w in zip(xs, ws):
+                fn(x, w)
+    calls = per_graph * len(ws)
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def time_cuda_eager(fn, xs: list, ws: list, reps: int = 30) -> float:
+    """Median microseconds per call of ``fn(x, w)`` launched eagerly, rotating weight copies."""
+    for _ in range(3):
+        for x, w in zip(xs, ws):
+            fn(x, w)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for x, w in zip(xs, ws):
+            fn(x, w)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / len(ws))
+    return statistics.median(times)
+
+
+def check_gpu(ws: list, d: int, s: int, batches=(1, 3, 8, 16)) -> list[dict]:
+    """Correctness at full shapes: every variant against the fp32 reference on the same mask."""
+    from lte.kernels.triton_ffn import sparse_ffn_triton
+    rows = []
+    w = ws[0]
+    for n in batches:
+        x = torch.randn(n, d, device="cuda", dtype=w["wg"].dtype)
+        for sp in (0.0, 0.5, 0.9, 1.0):
+            thr = threshold_for(x, [w["rw"]], sp)
+            ref_mask = router_mask(x, w["rw"], None, thr)
+            ref = sparse_ffn_reference(x.float(), w["wu"].float(), w["wd_t"].float(), ref_mask, expert_size=s,
+                                       act="silu", w_gate=w["wg"].float())
+            for variant in ("fused", "split"):
+                y = torch.full_like(x, float("nan"))
+                y, mask = sparse_ffn_triton(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu",
+                                            w_gate=w["wg"], logit_threshold=thr, variant=variant)
+                err = ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+                if ref.norm() == 0:
+                    err = y.float().abs().max().item()
+                rows.append(dict(batch=n, sparsity=sp, variant=variant, rel_err=err,
+                                 mask_mismatch=int((mask != ref_mask).sum())))
+    return rows
+
+
+def bench_gpu(args: argparse.Namespace) -> list[dict]:
+    """Time kernel, dense and index_select at LLaMA-2-7B FFN shapes."""
+    d, f, s = 4096, 11008, 32
+    dtype = torch.bfloat16
+    ws = make_weights(args.copies, d, f, s, dtype, "cuda")
+    checks = check_gpu(ws, d, s)
+    for c in checks:
+        print("check", c)
+    bad = [c for c in checks if not c["rel_err"] < 2e-2 or c["mask_mismatch"] > 0]
+    if bad:
+        raise SystemExit(f"correctness check failed: {bad}")
+    props = torch.cuda.get_device_properties(0)
+    dense_bytes = 3 * f * d * 2
+    results = []
+    for batch in (1, 8):
+        xs = [torch.randn(batch, d, device="cuda", dtype=dtype) for _ in ws]
+        dense_g = time_cuda_graph(dense_ffn, xs, ws)
+        dense_e = time_cuda_eager(dense_ffn, xs, ws)
+        for sp in SPARSITIES:
+            thrs = [threshold_for(x, [w["rw"]], sp) for x, w in zip(xs, ws)]
+            masks = [router_mask(x, w["rw"], None, t) for x, w, t in zip(xs, ws, thrs)]
+            thr_of = {id(w): t for w, t in zip(ws, thrs)}
+            usp = statistics.mean(union_sparsity(m) for m in masks)
+            tsp = statistics.mean(1 - m.float().mean().item() for m in masks)
+            variants = {}
+            for name, kw in (("fused", dict(variant="fused")), ("split", dict(variant="split")),
+                             ("fused_bf32", dict(variant="fused", block_f=32) if batch == 1 else None)):
+                if kw is None:
+                    continue
+                variants[name] = time_cuda_graph(
+                    lambda x, w, kw=kw, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton", **kw), xs, ws)
+            best = min(variants, key=variants.get)
+            kernel_g = variants.get(args.variant, variants["fused"])
+            kernel_e = time_cuda_eager(lambda x, w, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton"), xs, ws)
+            isel = time_cuda_eager(lambda x, w, thr_of=thr_of: index_select_ffn(x, w, thr_of[id(w)], s), xs, ws)
+            read = (1 - usp) * dense_bytes + f // s * d * 2 + batch * d * 2
+            row = dict(batch=batch, sparsity=sp, token_sparsity=round(tsp, 4), union_sparsity=round(usp, 4),
+                       kernel_us=round(kernel_g, 2), dense_us=round(dense_g, 2), index_select_us=round(isel, 2),
+                       speedup_vs_dense=round(dense_g / kernel_g, 3),
+                       bandwidth_TBps=round(read / kernel_g / 1e6, 3),
+                       kernel_eager_us=round(kernel_e, 2), dense_eager_us=round(dense_e, 2),
+                       variants_us={k: round(v, 2) for k, v in variants.items()}, fastest_variant=best,
+                       timing=f"CUDA graph replay, median, {len(ws)} weight copies "
+                              f"({len(ws) * (dense_bytes + f // s * d * 2) / 1e9:.1f} GB)",
+                       device=props.name, date=_dt.date.today().isoformat())
+            print(json.dumps(row))
+            results.append(row)
+    return results
+
+
+def time_cpu(fn, reps: int) -> float:
+    """Median seconds of ``fn()``."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_cpu(args: argparse.Namespace) -> list[dict]:
+    """SmolLM2-135M FFN shapes, 30 layers, batch 1: cpu backend vs dense F.linear."""
+    from lte.kernels.cpu import native_available
+    d, f, s, layers = 576, 1536, 32, 30
+    results = []
+    print("native CPU kernel:", native_available(), "threads:", torch.get_num_threads())
+    for dtype in (torch.float32, torch.bfloat16):
+        ws = make_weights(layers, d, f, s, dtype, "cpu")
+        xs = [torch.randn(1, d, dtype=dtype) for _ in ws]
+        dense_bytes = 3 * f * d * ws[0]["wg"].element_size()
+
+        def dense_all(ws=ws, xs=xs):
+            for x, w in zip(xs, ws):
+                dense_ffn(x, w)
+
+        dense = time_cpu(dense_all, args.reps) / layers * 1e6
+        for sp in SPARSITIES:
+            thrs = [threshold_for(x, [w["rw"]], sp) for x, w in zip(xs, ws)]
+            # correctness at these shapes before timing
+            for x, w, t in list(zip(xs, ws, thrs))[:3]:
+                y, m = sparse_ffn(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu", w_gate=w["wg"],
+                                  logit_threshold=t, backend="cpu")
+                ref = sparse_ffn_reference(x.double(), w["wu"].double(), w["wd_t"].double(), m, expert_size=s,
+                                           act="silu", w_gate=w["wg"].double())
+                err = ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item() if ref.norm() > 0 else 0.0
+                if not err < 2e-2:
+                    raise SystemExit(f"cpu backend wrong at sparsity {sp}: rel err {err}")
+            usp = statistics.mean(union_sparsity(router_mask(x, w["rw"], None, t)) for x, w, t in zip(xs, ws, thrs))
+
+            def sparse_all(ws=ws, xs=xs, thrs=thrs):
+                for x, w, t in zip(xs, ws, thrs):
+                    sparse_ffn(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu", w_gate=w["wg"],
+                               logit_threshold=t, backend="cpu")
+
+            sparse = time_cpu(sparse_all, args.reps) / layers * 1e6
+            read = (1 - usp) * dense_bytes + f // s * d * ws[0]["rw"].element_size()
+            row = dict(batch=1, dtype=str(dtype).replace("torch.", ""), sparsity=sp, union_sparsity=round(usp, 4),
+                       kernel_us=round(sparse, 1), dense_us=round(dense, 1),
+                       speedup_vs_dense=round(dense / sparse, 3), bandwidth_GBps=round(read / sparse / 1e3, 2),
+                       dense_bandwidth_GBps=round(dense_bytes / dense / 1e3, 2),
+                       timing=f"per layer, median of {args.reps} passes over {layers} distinct layers",
+                       threads=torch.get_num_threads(), device="cpu", date=_dt.date.today().isoformat())
+            print(json.dumps(row))
+            results.append(row)
+    return results
+
+
+def main() -> None:
+    """Parse arguments, run the benchmark, write the JSON list."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--copies", type=int, default=4, help="GPU weight copies rotated (each 0.27 GB)")
+    p.add_argument("--variant", choices=("fused", "split", "fused_bf32"), default="fused",
+                   help="GPU kernel variant reported as kernel_us (all are recorded)")
+    p.add_argument("--reps", type=int, default=20, help="CPU repetitions")
+    args = p.parse_args()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device; use --device cpu")
+        results = bench_gpu(args)
+        out = args.out or Path("benchmarks/results/kernel_h100.json")
+    else:
+        results = bench_cpu(args)
+        out = args.out or Path("benchmarks/results/kernel_cpu.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Every kernel backend equals the reference (lte.kernels.reference) on random problems.
+
+Triton runs under its CPU interpreter (TRITON_INTERPRET=1) on small shapes when no GPU is
+present; with CUDA the same checks run on the GPU, plus LLaMA-2-7B FFN shapes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from lte import kernels
+from lte.kernels import cpu as cpu_kernels
+from lte.kernels.reference import router_mask, sparse_ffn_reference
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+NEAR = 1e-3  # logits this close to the threshold may round either way in another summation order
+
+
+@pytest.fixture(scope="module")
+def triton_ffn():
+    """The Triton module, on the GPU or under the CPU interpreter (env set before the kernels are made)."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install triton): the triton backend cannot be tested")
+    old = os.environ.get("TRITON_INTERPRET")
+    if not HAS_CUDA:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import lte.kernels.triton_ffn as mod
+    if not HAS_CUDA:  # kernels made before the variable was set would need a GPU: remake them
+        mod = importlib.reload(mod)
+    yield mod
+    if old is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+def make_case(n: int, d: int, s: int, n_exp: int, dtype: torch.dtype, *, gated: bool, biases: bool, mode: str,
+              device: str = "cpu", seed: int = 0) -> dict:
+    """Random FFN problem; ``mode`` is none / all / single / random (about half of the experts)."""
+    g = torch.Generator().manual_seed(seed)
+    f = s * n_exp
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype=dtype, device=device)
+
+    x = rnd(n, d)
+    case = dict(x=x, w_up=rnd(f, d, scale=d ** -0.5), w_down=rnd(f, d, scale=f ** -0.5), expert_size=s,
+                w_gate=rnd(f, d, scale=d ** -0.5) if gated else None,
+                b_up=rnd(f, scale=0.1) if biases else None, b_gate=rnd(f, scale=0.1) if biases and gated else None,
+                b_down=rnd(d, scale=0.1) if biases else None)
+    router_w = torch.randn(n_exp, d, generator=g) * d ** -0.5
+    router_b = torch.randn(n_exp, generator=g) * 0.5
+    thr = 0.0
+    if mode == "none":
+        router_b = torch.full((n_exp,), -1e4)
+    elif mode == "all":
+        router_b = torch.full((n_exp,), 1e4)
+    elif mode == "single":
+        router_w = torch.zeros(n_exp, d)
+        router_b = torch.full((n_exp,), -1.0)
+        router_b[n_exp // 2] = 1.0
+    elif mode == "random":
+        thr = 0.1
+    else:
+        raise ValueError(mode)
+    case.update(router_w=router_w.to(dtype=dtype, device=device), router_b=router_b.to(dtype=dtype, device=device),
+                logit_threshold=thr)
+    return case
+
+
+def check_backend(case: dict, act: str, backend: str) -> None:
+    """Backend output equals the reference on the backend's own mask; the mask equals the reference's
+    except within NEAR of the threshold."""
+    c = dict(case)
+    x, router_w, router_b, thr = c.pop("x"), c.pop("router_w"), c.pop("router_b"), c.pop("logit_threshold")
+    w_up, w_down = c.pop("w_up"), c.pop("w_down")
+    y, mask = kernels.sparse_ffn(x, w_up, w_down, router_w, router_b, act=act, logit_threshold=thr,
+                                 backend=backend, **c)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+    assert mask.shape == (x.shape[0], router_w.shape[0]) and mask.dtype == torch.bool
+    logits = x.float() @ router_w.float().t() + router_b.float()
+    ref_mask = router_mask(x, router_w, router_b, thr)
+    clear = (logits - thr).abs() > NEAR
+    assert torch.equal(mask[clear].cpu(), ref_mask[clear].cpu()), "mask differs from the reference router"
+    dbl = {k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()}
+    ref = sparse_ffn_reference(x.double(), w_up.double(), w_down.double(), mask, act=act, **dbl)
+    assert torch.isfinite(y).all()
+    err = ((y.double() - ref).norm() / ref.norm().clamp_min(1e-6)).item()
+    assert err < TOL[x.dtype], f"{backend}: relative error {err:.2e} over {TOL[x.dtype]:.0e}"
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+VARIANTS = [  # (gated, biases, act)
+    (True, False, "silu"), (False, True, "gelu"), (True, True, "gelu_tanh"), (False, False, "relu")]
+MODES = ["none", "all", "single", "random"]
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 40])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).replace("torch.", ""))
+def test_cpu_backend_matches_reference(n, dtype):
+    for i, (gated, biases, act) in enumerate(VARIANTS):
+        for mode in MODES:
+            case = make_case(n, 72, 8, 6, dtype, gated=gated, biases=biases, mode=mode, seed=i)
+            check_backend(case, act, "cpu")
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_cpu_gather_fallback_matches_reference(n, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "native_library", lambda: None)
+    for i, (gated, biases, act) in enumerate(VARIANTS):
+        for mode in MODES:
+            check_backend(make_case(n, 40, 4, 5, torch.float32, gated=gated, biases=biases, mode=mode, seed=i),
+                          act, "cpu")
+
+
+def test_cpu_native_kernel_builds():
+    if os.environ.get("LTE_DISABLE_NATIVE", "0") not in ("", "0"):
+        pytest.skip("native kernel disabled by LTE_DISABLE_NATIVE")
+    import shutil
+    if shutil.which(os.environ.get("CC") or "gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler here: the cpu backend falls back to the PyTorch gather path")
+    assert cpu_kernels.native_available(), "the C kernel failed to build although a compiler exists"
+
+
+def test_cpu_smollm2_shapes():
+    for dtype in (torch.float32, torch.bfloat16):
+        case = make_case(1, 576, 32, 48, dtype, gated=True, biases=False, mode="random", seed=3)
+        check_backend(case, "silu", "cpu")
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 40])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).replace("torch.", ""))
+def test_triton_backend_matches_reference(triton_ffn, n, dtype):
+    device = "cuda" if HAS_CUDA else "cpu"
+    for i, (gated, biases, act) in enumerate(VARIANTS):
+        for mode in MODES:
+            case = make_case(n, 100, 16 if i % 2 else 8, 5, dtype, gated=gated, biases=biases, mode=mode,
+                             device=device, seed=i)
+            check_backend(case, act, "triton")
+
+
+@pytest.mark.parametrize("variant", ["fused", "split"])
+@pytest.mark.parametrize("n", [1, 4])
+def test_triton_variants(triton_ffn, variant, n):
+    device = "cuda" if HAS_CUDA else "cpu"
+    for dtype in (torch.float32, torch.bfloat16):
+        case = make_case(n, 72, 8, 4, dtype, gated=True, biases=True, mode="random", device=device, seed=n)
+        c = dict(case)
+        args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
+        y, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant=variant, **c)
+        ref = sparse_ffn_reference(args[0].double(), args[1].double(), args[2].double(), mask, act="silu",
+                                   **{k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()
+                                      if k != "logit_threshold"})
+        assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="full LLaMA-2-7B FFN shapes need a CUDA GPU")
+@pytest.mark.parametrize("n", [1, 8, 16])
+def test_triton_full_shapes(triton_ffn, n):
+    case = make_case(n, 4096, 32, 344, torch.bfloat16, gated=True, biases=False, mode="random", device="cuda")
+    check_backend(case, "silu", "triton")
+
+
+def test_resolve_backend_and_errors(monkeypatch):
+    assert kernels.resolve_backend("auto", "cpu") == "cpu"
+    assert kernels.resolve_backend("reference", "cpu") == "reference"
+    assert {"reference", "cpu"} <= set(kernels.available_backends())
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.resolve_backend("cuda-magic", "cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if HAS_TRITON:
+        with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+            kernels.resolve_backend("triton", "cpu")
+    monkeypatch.setattr(kernels, "_triton_importable", lambda: False)
+    with pytest.raises(RuntimeError, match="not installed"):
+        kernels.resolve_backend("triton", "cpu")
+    assert "triton" not in kernels.available_backends()
+    if HAS_CUDA:
+        with pytest.raises(ValueError, match="CPU tensors"):
+            kernels.resolve_backend("cpu", "cuda")
+        assert kernels.resolve_backend("auto", "cuda") == "reference"
+
+
+def test_bad_arguments():
+    case = make_case(2, 16, 4, 3, torch.float32, gated=True, biases=False, mode="random")
+    with pytest.raises(ValueError, match="activation"):
+        kernels.sparse_ffn(case["x"], case["w_up"], case["w_down"], case["router_w"], None, expert_size=4,
+                           act="swish9")
+    with pytest.raises(ValueError, match="multiple of expert_size"):
+        kernels.sparse_ffn(case["x"], case["w_up"], case["w_down"], case["router_w"], None, expert_size=5,
+                           act="silu")
+    with pytest.raises(ValueError, match="x must be"):
+        kernels.sparse_ffn(case["x"][0], case["w_up"], case["w_down"], case["router_w"], None, expert_size=4,
+                           act="silu")
+
+
+def test_union_sparsity():
+    mask = torch.tensor([[True, False, False, False], [True, True, False, False]])
+    assert kernels.union_sparsity(mask) == pytest.approx(0.5)
+    assert kernels.union_sparsity(torch.zeros(3, 5, dtype=torch.bool)) == 1.0
+    with pytest.raises(ValueError):
+        kernels.union_sparsity(torch.zeros(5, dtype=torch.bool))
