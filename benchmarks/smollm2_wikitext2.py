@@ -45,7 +45,10 @@ def main() -> None:
     ap.add_argument("--stage2-epochs", type=float, default=2)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--stage-lr", type=float, default=None, help="model lr in LTE stages (default --lr)")
-    ap.add_argument("--router-lr", type=float, default=1e-2)
+    ap.add_argument("--router-lr", type=float, default=2e-3)
+    ap.add_argument("--stage1-gate", default="ste", choices=["ste", "scale"])
+    ap.add_argument("--stage2-bias-gain", type=float, default=0.2)
+    ap.add_argument("--backend", default="reference", help="kernel backend for hard-mode evaluation")
     ap.add_argument("--router-bias-lr", type=float, default=5e-2)
     ap.add_argument("--router-bias-init", type=float, default=3.0)
     ap.add_argument("--distill-weight", type=float, default=0.9)
@@ -124,10 +127,12 @@ def main() -> None:
         lcfg = lte.LTEConfig(router_bias_init=a.router_bias_init, separability_weight=a.separability_weight,
                              efficiency_loss=a.efficiency_loss)
         lte.sparsify(m, lcfg, progress=False)
+        lte.set_backend(m, a.backend)
         tcfg = lte.TrainConfig(stage1_steps=s1, stage2_steps=s2, lr=a.stage_lr or a.lr, router_lr=a.router_lr,
                                router_bias_lr=a.router_bias_lr, batch_size=a.batch_size, seq_len=a.seq_len,
                                distill_weight=a.distill_weight, target_sparsity=target, ramp_fraction=a.ramp_fraction,
                                controller_gain=a.controller_gain, eval_every=max(s1 // 4, 1), save_every=10**9,
+                               stage1_gate=a.stage1_gate, stage2_bias_gain=a.stage2_bias_gain,
                                log_every=5, seed=0)
         t0 = time.time()
         summary = train(m, tcfg, train_blocks, heldout, out / f"lte_{target}", tokenizer=tok, teacher=teacher,
@@ -138,7 +143,7 @@ def main() -> None:
               "train_tokens": dense_tokens + summary["train_tokens"], "tokens": r["tokens"],
               "heldout_sparsity": summary.get("val_ffn_sparsity"), "final_eta": summary["final_eta"],
               "per_layer_sparsity": [round(x, 3) for x in r["per_layer_sparsity"]], "seconds": time.time() - t0,
-              "tag": a.tag})
+              "tag": a.tag, "stage1_gate": a.stage1_gate})
         del m, teacher
         torch.cuda.empty_cache() if device.startswith("cuda") else None
 

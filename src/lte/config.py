@@ -100,7 +100,13 @@ class TrainConfig(_DictMixin):
 
     Stage lengths are in optimizer steps. Router biases get their own, larger learning rate
     (``router_bias_lr``): with Adam a parameter moves about one learning rate per step, and
-    a bias that starts "on" must be able to cross the threshold within stage 1. ``target_sparsity`` (if set) replaces the fixed
+    a bias that starts "on" must be able to cross the threshold within stage 1.
+    ``stage1_gate``: "ste" (default) gates stage 1 with the hard mask and a straight-through
+    gradient; "scale" is the paper's soft scaling (see ``lte.ffn``). Measured on SmolLM2 +
+    WikiText-2 (benchmarks/SMOLLM2_NOTES.md), scaling trained a model whose hard version was
+    far worse than its soft one. ``stage2_bias_gain``: with a target, the router-bias loop
+    keeps running in stage 2 at this gain (router weights stay frozen), because the routers'
+    inputs drift as the model adapts. ``target_sparsity`` (if set) replaces the fixed
     efficiency weight by a feedback controller on it (see ``lte.controller``); the target
     is approached gradually (``ramp_fraction`` of stage 1) because switching half the
     blocks off at once is what section 10 of the spec saw fail.
@@ -109,8 +115,10 @@ class TrainConfig(_DictMixin):
     stage1_steps: int = 200
     stage2_steps: int = 100
     lr: float = 5e-5
-    router_lr: float = 1e-2
+    router_lr: float = 2e-3
     router_bias_lr: float = 5e-2
+    stage1_gate: str = "ste"
+    stage2_bias_gain: float = 0.2
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     schedule: str = "cosine"
@@ -157,6 +165,8 @@ class TrainConfig(_DictMixin):
         _check(0 <= self.ramp_fraction <= 1, f"ramp_fraction must be in [0, 1], got {self.ramp_fraction}")
         _check(self.controller_gain > 0, "controller_gain must be > 0")
         _check(self.bias_control_gain >= 0, "bias_control_gain must be >= 0 (0 disables the bias loop)")
+        _check(self.stage2_bias_gain >= 0, "stage2_bias_gain must be >= 0")
+        _check(self.stage1_gate in ("scale", "ste"), f"stage1_gate must be 'scale' or 'ste', got {self.stage1_gate!r}")
         _check(self.eta_init > 0 and self.eta_max >= self.eta_init, "need 0 < eta_init <= eta_max")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")

@@ -42,6 +42,8 @@ class SparsityController:
         self.kp = kp
         self.prop = 0.0
         self.bias_gain = bias_gain
+        self.bias_total = 0.0  # accumulated shift, clamped to +-max_bias_shift (anti-windup)
+        self.max_bias_shift = 3.0
         self.eta_min, self.eta_max = 1e-4, eta_max
         self.ema_decay = ema
         self.ema: float | None = None
@@ -84,15 +86,23 @@ class SparsityController:
             self.log_eta = min(max(self.log_eta, math.log(self.eta_min)), math.log(self.eta_max))
         return self.eta
 
-    def bias_shift(self, step: int, measured: float) -> float:
-        """How much to add to every router bias after stage-1 step ``step`` (fast loop)."""
+    def bias_shift(self, step: int, measured: float, gain: float | None = None) -> float:
+        """How much to add to every router bias after step ``step`` (fast loop; stage 2 passes
+        a step past the ramp and its own gain). The accumulated shift is clamped."""
         target = self.target_at(step)
-        return 0.0 if target is None else self.bias_gain * (measured - target)
+        if target is None:
+            return 0.0
+        want = (self.bias_gain if gain is None else gain) * (measured - target)
+        new_total = min(max(self.bias_total + want, -self.max_bias_shift), self.max_bias_shift)
+        shift, self.bias_total = new_total - self.bias_total, new_total
+        return shift
 
     def state_dict(self) -> dict:
         """Everything needed to resume."""
-        return {"log_eta": self.log_eta, "ema": self.ema, "sep_start": self.sep_start, "prop": self.prop}
+        return {"log_eta": self.log_eta, "ema": self.ema, "sep_start": self.sep_start, "prop": self.prop,
+                "bias_total": self.bias_total}
 
     def load_state_dict(self, d: dict) -> None:
         """Restore from ``state_dict``."""
         self.log_eta, self.ema, self.sep_start, self.prop = d["log_eta"], d["ema"], d["sep_start"], d["prop"]
+        self.bias_total = d.get("bias_total", 0.0)

@@ -4,7 +4,11 @@ Weights are kept neuron-contiguous (``gate``, ``up`` and ``down`` all ``[f, d]``
 the transposed down projection) so that expert ``e`` is rows ``[e*s, (e+1)*s)`` of each, the
 layout the sparse kernels read. Modes:
 - ``dense``: the original FFN, router not run (exactly the permuted original model).
-- ``soft`` (stage 1): every expert runs, its output scaled by its sigmoid score.
+- ``soft`` (stage 1): every expert runs, its output scaled by its sigmoid score (the
+  paper's Eq. 3, ``soft_gate="scale"``), or, with ``soft_gate="ste"``, gated by the hard
+  mask in the forward pass while gradients reach the router through the score
+  (straight-through: ``mask + G - G.detach()``), so stage 1 trains the model that will be
+  deployed instead of one whose FFN outputs are scaled by scores near 0.5.
 - ``hard`` (stage 2, inference): only experts with score > threshold run, unscaled. With
   gradients on it is a masked dense product (the definition); without, it calls the
   kernel dispatch (``lte.kernels``), which reads only the selected blocks.
@@ -53,6 +57,7 @@ class LTEFFN(nn.Module):
         self.threshold = cfg.threshold
         self.logit_threshold = cfg.logit_threshold
         self.mode = "dense"
+        self.soft_gate = "scale"  # stage-1 gating: "scale" (the paper) or "ste" (see forward)
         self.backend = "auto"
         self.state = state
 
@@ -116,8 +121,12 @@ class LTEFFN(nn.Module):
         if self.mode == "soft":
             scores = self.router(x)
             self.last_scores, self.last_token_mask = scores, tmask
-            self._record(scores.detach() > self.threshold, tmask, n_tokens)
-            h = self._intermediate(x) * scores.repeat_interleave(self.expert_size, dim=-1).to(x.dtype)
+            selected = scores.detach() > self.threshold
+            self._record(selected, tmask, n_tokens)
+            gate = scores
+            if self.soft_gate == "ste":
+                gate = selected.to(scores.dtype) + scores - scores.detach()
+            h = self._intermediate(x) * gate.repeat_interleave(self.expert_size, dim=-1).to(x.dtype)
             return self._out(h)
         if self.mode == "hard":
             self.last_scores = None

@@ -58,7 +58,7 @@ def balanced_kmeans(features: torch.Tensor, n_clusters: int, iters: int = 30, se
     if n % n_clusters:
         raise ValueError(f"{n} neurons cannot form {n_clusters} equal clusters")
     size = n // n_clusters
-    x = torch.nn.functional.normalize(features.float(), dim=1)
+    x = torch.nn.functional.normalize(features.detach().float().cpu(), dim=1)  # grouping runs on the CPU
     g = torch.Generator().manual_seed(seed)
     centroids = x[torch.randperm(n, generator=g)[:n_clusters]].clone()
     assign = None
@@ -101,7 +101,7 @@ def group_neurons(
     elif method == "coactivation":
         if activations is None:
             raise ValueError("grouping='coactivation' needs calibration data: pass calibration=... to sparsify")
-        assign = balanced_kmeans(coactivation_features(activations), n_exp, iters=iters, seed=seed)
+        assign = balanced_kmeans(coactivation_features(activations.cpu()), n_exp, iters=iters, seed=seed)
     else:
         raise ValueError(f"unknown grouping method {method!r}")
     return torch.argsort(assign, stable=True)

@@ -159,6 +159,8 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, _lr_lambda(steps, int(cfg.warmup_ratio * steps), cfg.schedule))
         set_mode(self.model, "soft" if stage == 1 else "hard")
+        for layer in lte_layers(self.model):
+            layer.soft_gate = cfg.stage1_gate
         self._stage_built = stage
 
     # ------------------------------------------------------------------ one step
@@ -213,13 +215,16 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         sparsity = sum(spars) / len(spars)
+        shift = 0.0
         if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
             shift = self.controller.bias_shift(local, sparsity)
             self.controller.update(local, sparsity)
-            if shift:
-                with torch.no_grad():
-                    for layer in self.layers:
-                        layer.router.bias.add_(shift)
+        elif cfg.stage2_bias_gain > 0:  # routers' weights frozen; only their common bias follows the target
+            shift = self.controller.bias_shift(cfg.stage1_steps, sparsity, gain=cfg.stage2_bias_gain)
+        if shift:
+            with torch.no_grad():
+                for layer in self.layers:
+                    layer.router.bias.add_(shift)
         rec = {"kind": "train", "step": step + 1, "stage": stage, **totals, "sparsity": sparsity,
                "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
                "tokens_per_s": cfg.batch_size * cfg.grad_accum * cfg.seq_len / (time.perf_counter() - t0)}
