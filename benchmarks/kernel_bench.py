@@ -141,7 +141,7 @@ def check_gpu(ws: list, d: int, s: int, batches=(1, 3, 8, 16)) -> list[dict]:
             ref_mask = router_mask(x, w["rw"], None, thr)
             ref = sparse_ffn_reference(x.float(), w["wu"].float(), w["wd_t"].float(), ref_mask, expert_size=s,
                                        act="silu", w_gate=w["wg"].float())
-            for variant in ("fused", "split"):
+            for variant in ("splitk", "fused"):
                 y = torch.full_like(x, float("nan"))
                 y, mask = sparse_ffn_triton(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu",
                                             w_gate=w["wg"], logit_threshold=thr, variant=variant)
@@ -178,14 +178,14 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
             usp = statistics.mean(union_sparsity(m) for m in masks)
             tsp = statistics.mean(1 - m.float().mean().item() for m in masks)
             variants = {}
-            for name, kw in (("fused", dict(variant="fused")), ("split", dict(variant="split")),
-                             ("fused_bf32", dict(variant="fused", block_f=32) if batch == 1 else None)):
-                if kw is None:
-                    continue
+            for name, kw in (("splitk", dict(variant="splitk")), ("fused", dict(variant="fused")),
+                             ("splitk_k512", dict(variant="splitk", config=dict(block_k=512))),
+                             ("splitk_e4d128", dict(variant="splitk", config=dict(epp=4, block_d=128))),
+                             ("splitk_w8", dict(variant="splitk", config=dict(block_k=512, num_warps=8)))):
                 variants[name] = time_cuda_graph(
                     lambda x, w, kw=kw, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton", **kw), xs, ws)
             best = min(variants, key=variants.get)
-            kernel_g = variants.get(args.variant, variants["fused"])
+            kernel_g = variants[args.variant]
             kernel_e = time_cuda_eager(lambda x, w, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton"), xs, ws)
             isel = time_cuda_eager(lambda x, w, thr_of=thr_of: index_select_ffn(x, w, thr_of[id(w)], s), xs, ws)
             read = (1 - usp) * dense_bytes + f // s * d * 2 + batch * d * 2
@@ -267,7 +267,7 @@ def main() -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--copies", type=int, default=4, help="GPU weight copies rotated (each 0.27 GB)")
-    p.add_argument("--variant", choices=("fused", "split", "fused_bf32"), default="fused",
+    p.add_argument("--variant", choices=("splitk", "fused"), default="splitk",
                    help="GPU kernel variant reported as kernel_us (all are recorded)")
     p.add_argument("--reps", type=int, default=20, help="CPU repetitions")
     args = p.parse_args()

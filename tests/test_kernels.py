@@ -146,7 +146,7 @@ def test_triton_backend_matches_reference(triton_ffn, n, dtype):
             check_backend(case, act, "triton")
 
 
-@pytest.mark.parametrize("variant", ["fused", "split"])
+@pytest.mark.parametrize("variant", ["fused", "splitk"])
 @pytest.mark.parametrize("n", [1, 4])
 def test_triton_variants(triton_ffn, variant, n):
     device = "cuda" if HAS_CUDA else "cpu"

@@ -306,7 +306,7 @@ def sparse_ffn_cpu(
     rc = getattr(lib, f"lte_ffn_{_SUFFIX[dt]}")(
         n, d, expert_size, n_exp, _ptr(x), _ptr(w_gate), _ptr(w_up), _ptr(w_down), _ptr(router_w),
         _ptr(router_b), _TYPE_CODE[router_w.dtype], _ptr(b_gate), _ptr(b_up), _ptr(b_down),
-        float(logit_threshold), _ACT_CODE[act], _ptr(y), _ptr(mask), int(os.environ.get("LTE_NT", torch.get_num_threads())))
+        float(logit_threshold), _ACT_CODE[act], _ptr(y), _ptr(mask), torch.get_num_threads())
     if rc != 0:
         raise MemoryError("the native CPU sparse FFN could not allocate its scratch buffers")
     return y, mask

@@ -1,21 +1,27 @@
 """Triton kernels for the hard-mode sparse FFN at decode batch sizes (1-16 tokens).
 
-One launch computes the router, the selection and the FFN with no host synchronisation:
+Nothing synchronises with the host: the grids are fixed by the shapes, the router runs on the
+device and unselected experts are skipped inside the kernels (programs exit, or their loads are
+predicated off and move no bytes). Only the selected 32-neuron blocks of ``w_gate``, ``w_up``
+and ``w_down`` (all neuron-contiguous ``[f, d]``, so every load is a coalesced row segment) are
+read; for several tokens the union of their experts is read and each token is masked to its
+own experts in registers. Weights may be fp32/bf16/fp16; accumulation is fp32.
 
-* the grid is fixed: one program per ``BLOCK_F``-neuron slice of every expert;
-* each program computes its expert's router logits for all tokens (fp32) and, when no
-  token selects the expert, stops before touching a weight (the mask is written by the
-  first slice of every expert);
-* otherwise it streams only its rows of ``w_gate`` / ``w_up`` (neuron-contiguous, so the
-  loads are coalesced), applies bias, activation and the per-token mask in fp32 registers
-  (each token keeps its own experts even though the union of experts is read), and then
-  either adds ``h @ w_down[rows]`` into an fp32 output with atomics (``fused``) or writes
-  ``h`` for a second, split-K down-projection kernel (``split``) that reduces over experts
-  in registers and issues far fewer atomics.
+``splitk`` (default, fastest measured, see ``benchmarks/KERNEL_NOTES.md``), three launches:
+
+1. router, one program per expert: logits in fp32 -> mask; it also zeroes that expert's gate/up
+   accumulators and initialises a slice of the fp32 output, so no memset launch is needed;
+2. gate/up, program (expert, 256-wide K chunk): short programs with all their loads in flight;
+   partial sums go to fp32 accumulators with a few atomics;
+3. down, program (64-wide d block, 8 experts): bias, activation and token mask on the finished
+   sums, ``h @ w_down`` over the 8 experts in registers, one atomic add per output element.
+
+``fused``: one launch, one program per neuron slice of an expert doing router, gate/up,
+activation and down (atomic adds into the output). Simpler, but every program is a long
+chain of dependent memory round trips, so it is latency bound at decode sizes.
 
 Batches above :data:`MAX_DECODE_TOKENS` are prefill: almost every expert is selected by some
-token, so the fastest path measured is the masked dense product (cuBLAS), see
-``lte.kernels.sparse_ffn``.
+token, so the dispatcher (``lte.kernels.sparse_ffn``) uses the masked dense product (cuBLAS).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ import triton.language as tl
 from .reference import ACTIVATIONS
 
 MAX_DECODE_TOKENS = 16
+VARIANTS = ("splitk", "fused")
+DEFAULT_VARIANT = "splitk"
+# splitk tile sizes: gate/up K chunk, experts per down program, down d block, warps per program.
+SPLITK_CONFIG = {"block_k": 256, "epp": 8, "block_d": 64, "num_warps": 4}
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -58,15 +68,15 @@ def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_kernel(
-    x_ptr, wg_ptr, wu_ptr, wd_ptr, rw_ptr, rb_ptr, bg_ptr, bu_ptr, y_ptr, h_ptr, mask_ptr,
+def _fused_kernel(
+    x_ptr, wg_ptr, wu_ptr, wd_ptr, rw_ptr, rb_ptr, bg_ptr, bu_ptr, y_ptr, mask_ptr,
     N, D, F, S, E, threshold,
     HAS_GATE: tl.constexpr, HAS_RB: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
-    ACT: tl.constexpr, FUSED_DOWN: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
+    ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     N_SUB: tl.constexpr,
 ):
-    """Router + selection + gate/up/act for one neuron slice of one expert (+ fused down)."""
+    """fused: router, selection, gate/up/act and down (atomics) for one neuron slice of one expert."""
     pid = tl.program_id(0)
     e = pid // N_SUB
     sub = pid % N_SUB
@@ -132,31 +142,111 @@ def _gate_up_kernel(
             h = _act(accu, ACT)
         h = tl.where(sel[:, None] & f_ok[None, :], h, 0.0)  # each token keeps only its own experts
 
-        if FUSED_DOWN:
-            offs_db = tl.arange(0, BLOCK_D)
-            hd = h.to(wd_ptr.dtype.element_ty)
-            for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + offs_db
-                d_ok = offs_d < D
-                wd = tl.load(wd_ptr + rows[:, None] * D + offs_d[None, :], mask=f_ok[:, None] & d_ok[None, :],
-                             other=0.0)
-                if USE_DOT:
-                    out = _mm(hd, wd, tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), PREC, UPCAST)
-                else:
-                    out = tl.sum(tl.trans(h) * wd.to(tl.float32), axis=0)[None, :]
-                tl.atomic_add(y_ptr + offs_n[:, None] * D + offs_d[None, :], out,
-                              mask=sel[:, None] & d_ok[None, :], sem="relaxed")
+        offs_db = tl.arange(0, BLOCK_D)
+        hd = h.to(wd_ptr.dtype.element_ty)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + offs_db
+            d_ok = offs_d < D
+            wd = tl.load(wd_ptr + rows[:, None] * D + offs_d[None, :], mask=f_ok[:, None] & d_ok[None, :],
+                         other=0.0)
+            if USE_DOT:
+                out = _mm(hd, wd, tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), PREC, UPCAST)
+            else:
+                out = tl.sum(tl.trans(h) * wd.to(tl.float32), axis=0)[None, :]
+            tl.atomic_add(y_ptr + offs_n[:, None] * D + offs_d[None, :], out,
+                          mask=sel[:, None] & d_ok[None, :], sem="relaxed")
+
+
+@triton.jit
+def _router_kernel(
+    x_ptr, rw_ptr, rb_ptr, bd_ptr, mask_ptr, gu_ptr, y_ptr, N, D, F, S, E, threshold, Z_PER_PROG,
+    HAS_RB: tl.constexpr, HAS_BD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_Z: tl.constexpr,
+):
+    """splitk step 1, one program per expert: router logits -> mask; zero this expert's gate/up
+    accumulators and initialise a slice of the fp32 output (to ``b_down`` or 0)."""
+    e = tl.program_id(0)
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_kb = tl.arange(0, BLOCK_K)
+    racc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        offs_k = k0 + offs_kb
+        k_ok = offs_k < D
+        xt = tl.load(x_ptr + offs_n[:, None] * D + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        rw = tl.load(rw_ptr + e * D + offs_k, mask=k_ok, other=0.0)
+        racc += xt.to(tl.float32) * rw.to(tl.float32)[None, :]
+    logit = tl.sum(racc, axis=1)
+    if HAS_RB:
+        logit += tl.load(rb_ptr + e).to(tl.float32)
+    tl.store(mask_ptr + offs_n * E + e, ((logit > threshold) & n_ok).to(tl.int8), mask=n_ok)
+    offs_s = tl.arange(0, BLOCK_S)
+    zmask = n_ok[:, None] & (offs_s < S)[None, :]
+    zoffs = offs_n[:, None] * F + (e * S + offs_s)[None, :]
+    zeros = tl.zeros([BLOCK_N, BLOCK_S], dtype=tl.float32)
+    tl.store(gu_ptr + zoffs, zeros, mask=zmask)
+    tl.store(gu_ptr + N * F + zoffs, zeros, mask=zmask)
+    offs_z = e * Z_PER_PROG + tl.arange(0, BLOCK_Z)
+    z_ok = (offs_z < N * D) & (offs_z < (e + 1) * Z_PER_PROG)
+    if HAS_BD:
+        init = tl.load(bd_ptr + offs_z % D, mask=z_ok, other=0.0).to(tl.float32)
+    else:
+        init = tl.zeros([BLOCK_Z], dtype=tl.float32)
+    tl.store(y_ptr + offs_z, init, mask=z_ok)
+
+
+@triton.jit
+def _gate_up_partial_kernel(
+    x_ptr, wg_ptr, wu_ptr, mask_ptr, gu_ptr, N, D, F, S, E,
+    HAS_GATE: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """splitk step 2, program (expert, K-chunk): partial gate/up sums of a selected expert, atomically
+    added to the fp32 accumulators; unselected experts exit after reading one mask column."""
+    e = tl.program_id(0)
+    kc = tl.program_id(1)
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    sel = tl.load(mask_ptr + offs_n * E + e, mask=n_ok, other=0) != 0
+    n_sel = tl.sum(sel.to(tl.int32), axis=0)
+    if n_sel > 0:
+        offs_s = tl.arange(0, BLOCK_S)
+        s_ok = offs_s < S
+        rows = e * S + offs_s
+        offs_k = kc * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < D
+        wmask = s_ok[:, None] & k_ok[None, :]
+        woffs = rows[:, None] * D + offs_k[None, :]
+        omask = sel[:, None] & s_ok[None, :]
+        ooffs = offs_n[:, None] * F + rows[None, :]
+        wu = tl.load(wu_ptr + woffs, mask=wmask, other=0.0)
+        if HAS_GATE:
+            wg = tl.load(wg_ptr + woffs, mask=wmask, other=0.0)
+        if USE_DOT:
+            xt = tl.load(x_ptr + offs_n[:, None] * D + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            pu = _mm(xt, tl.trans(wu), tl.zeros([BLOCK_N, BLOCK_S], dtype=tl.float32), PREC, UPCAST)
+            if HAS_GATE:
+                pg = _mm(xt, tl.trans(wg), tl.zeros([BLOCK_N, BLOCK_S], dtype=tl.float32), PREC, UPCAST)
         else:
-            tl.store(h_ptr + offs_n[:, None] * F + rows[None, :], h, mask=n_ok[:, None] & f_ok[None, :])
+            xk = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+            pu = tl.sum(wu.to(tl.float32) * xk[None, :], axis=1)[None, :]
+            if HAS_GATE:
+                pg = tl.sum(wg.to(tl.float32) * xk[None, :], axis=1)[None, :]
+        tl.atomic_add(gu_ptr + N * F + ooffs, pu, mask=omask, sem="relaxed")
+        if HAS_GATE:
+            tl.atomic_add(gu_ptr + ooffs, pg, mask=omask, sem="relaxed")
 
 
 @triton.jit
 def _down_kernel(
-    h_ptr, wd_ptr, mask_ptr, y_ptr, N, D, F, S, E, EXP_PER_PROG,
-    USE_DOT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    gu_ptr, wd_ptr, mask_ptr, bg_ptr, bu_ptr, y_ptr, N, D, F, S, E,
+    HAS_GATE: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, ACT: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, EPP: tl.constexpr,
 ):
-    """Split-K down projection: program (d-block, expert range) sums its selected experts, one atomic add."""
+    """splitk step 3, program (d-block, group of EPP experts): bias + activation + per-token mask of the
+    complete gate/up sums, ``h @ w_down`` summed over the group in registers, one atomic add."""
     pid_d = tl.program_id(0)
     pid_e = tl.program_id(1)
     offs_n = tl.arange(0, BLOCK_N)
@@ -166,23 +256,34 @@ def _down_kernel(
     offs_s = tl.arange(0, BLOCK_S)
     s_ok = offs_s < S
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for i in range(0, EXP_PER_PROG):
-        e = pid_e * EXP_PER_PROG + i
-        ld_ok = n_ok & ((offs_n * 0 + e) < E)
-        sel = tl.load(mask_ptr + offs_n * E + e, mask=ld_ok, other=0) != 0
+    touched = tl.zeros([BLOCK_N], dtype=tl.int32)
+    for i in tl.static_range(EPP):  # unrolled: every expert's loads can be in flight together
+        e = pid_e * EPP + i
+        sel = tl.load(mask_ptr + offs_n * E + e, mask=n_ok & ((offs_n * 0 + e) < E), other=0) != 0
+        touched += sel.to(tl.int32)
         n_sel = tl.max(sel.to(tl.int32), axis=0)
-        row_ok = s_ok & ((offs_s * 0 + n_sel) > 0)
         rows = e * S + offs_s
-        # Predicated loads: an unselected expert moves no bytes; unwritten h rows are never read.
-        h = tl.load(h_ptr + offs_n[:, None] * F + rows[None, :], mask=sel[:, None] & s_ok[None, :], other=0.0)
-        wd = tl.load(wd_ptr + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+        row_ok = s_ok & ((offs_s * 0 + n_sel) > 0)
+        hmask = sel[:, None] & s_ok[None, :]
+        hoffs = offs_n[:, None] * F + rows[None, :]
+        wd = tl.load(wd_ptr + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        u = tl.load(gu_ptr + N * F + hoffs, mask=hmask, other=0.0)
+        if HAS_BU:
+            u += tl.load(bu_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_GATE:
+            g = tl.load(gu_ptr + hoffs, mask=hmask, other=0.0)
+            if HAS_BG:
+                g += tl.load(bg_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+            h = _act(g, ACT) * u
+        else:
+            h = _act(u, ACT)
+        h = tl.where(hmask, h, 0.0)  # each token keeps only its own experts
         if USE_DOT:
             acc = _mm(h.to(wd.dtype), wd, acc, PREC, UPCAST)
         else:
             acc += tl.sum(tl.trans(h) * wd.to(tl.float32), axis=0)[None, :]
-    tl.atomic_add(y_ptr + offs_n[:, None] * D + offs_d[None, :], acc, mask=n_ok[:, None] & d_ok[None, :],
-                  sem="relaxed")
+    tl.atomic_add(y_ptr + offs_n[:, None] * D + offs_d[None, :], acc,
+                  mask=(n_ok & (touched > 0))[:, None] & d_ok[None, :], sem="relaxed")
 
 
 def interpreted() -> bool:
@@ -216,54 +317,76 @@ def sparse_ffn_triton(
     x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
     router_b: torch.Tensor | None, *, expert_size: int, act: str, w_gate: torch.Tensor | None = None,
     b_up: torch.Tensor | None = None, b_gate: torch.Tensor | None = None, b_down: torch.Tensor | None = None,
-    logit_threshold: float = 0.0, variant: str = "fused", block_f: int | None = None,
-    num_warps: int = 4,
+    logit_threshold: float = 0.0, variant: str = DEFAULT_VARIANT, block_f: int | None = None,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode-size sparse FFN (1..16 tokens) in one or two launches; returns ``(y, mask)``."""
+    """Decode-size sparse FFN (1..16 tokens) with no host synchronisation; returns ``(y, mask)``.
+
+    ``variant``: ``splitk`` (router kernel, split-K gate/up kernel, down kernel) or ``fused`` (one
+    launch, atomics per neuron slice); see the module docstring. ``config`` overrides entries of
+    :data:`SPLITK_CONFIG` (tuning); ``block_f`` is the neuron slice of ``fused``.
+    """
     _check(x, w_up, w_down, router_w, expert_size, act, w_gate)
     n, d = x.shape
     if not 1 <= n <= MAX_DECODE_TOKENS:
         raise ValueError(f"sparse_ffn_triton handles 1..{MAX_DECODE_TOKENS} tokens, got {n}")
-    if variant not in ("fused", "split"):
-        raise ValueError(f"variant must be 'fused' or 'split', got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     f = w_up.shape[0]
     n_exp = f // expert_size
     x = x.contiguous()
+    router_w = router_w.contiguous()
     use_dot = n > 1
     block_n = 16 if use_dot else 1
-    if block_f is None:
-        block_f = 16 if use_dot else min(16, triton.next_power_of_2(expert_size))
-    if use_dot and block_f < 16:
-        raise ValueError("block_f must be >= 16 for several tokens (tensor-core tiles)")
-    n_sub = triton.cdiv(expert_size, block_f)
-    block_k = 128 if use_dot else 256
-    block_d = 128 if use_dot else 256
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     upcast = interpreted()
     dev = x.device
+    mask = torch.empty(n, n_exp, device=dev, dtype=torch.int8)
+    dummy = w_up
+    opt = {"w_gate": w_gate, "router_b": router_b, "b_gate": b_gate, "b_up": b_up, "b_down": b_down}
+    ptr = {k: (v if v is not None else dummy) for k, v in opt.items()}
+    if variant == "splitk":
+        cfg = {**SPLITK_CONFIG, **(config or {})}
+        warps = cfg["num_warps"]
+        block_s = max(16, triton.next_power_of_2(expert_size))
+        y32 = torch.empty(n, d, device=dev, dtype=torch.float32)
+        gu = torch.empty(2, n, f, device=dev, dtype=torch.float32)
+        rn = triton.next_power_of_2(n)
+        z_per = triton.cdiv(n * d, n_exp)
+        _router_kernel[(n_exp,)](
+            x, router_w, ptr["router_b"], ptr["b_down"], mask, gu, y32, n, d, f, expert_size, n_exp,
+            float(logit_threshold), z_per, HAS_RB=router_b is not None, HAS_BD=b_down is not None, BLOCK_N=rn,
+            BLOCK_K=max(64, min(triton.next_power_of_2(d), 4096 // rn)), BLOCK_S=block_s,
+            BLOCK_Z=triton.next_power_of_2(z_per), num_warps=4)
+        block_k = min(cfg["block_k"], max(16, triton.next_power_of_2(d)))
+        _gate_up_partial_kernel[(n_exp, triton.cdiv(d, block_k))](
+            x, ptr["w_gate"], w_up, mask, gu, n, d, f, expert_size, n_exp, HAS_GATE=w_gate is not None,
+            USE_DOT=use_dot, PREC=prec, UPCAST=upcast, BLOCK_N=block_n, BLOCK_S=block_s, BLOCK_K=block_k,
+            num_warps=warps)
+        epp = cfg["epp"]
+        block_d = min(cfg["block_d"], max(16, triton.next_power_of_2(d)))
+        _down_kernel[(triton.cdiv(d, block_d), triton.cdiv(n_exp, epp))](
+            gu, w_down, mask, ptr["b_gate"], ptr["b_up"], y32, n, d, f, expert_size, n_exp,
+            HAS_GATE=w_gate is not None, HAS_BG=b_gate is not None, HAS_BU=b_up is not None, ACT=_ACT_CODE[act],
+            USE_DOT=use_dot, PREC=prec, UPCAST=upcast, BLOCK_N=block_n, BLOCK_S=block_s, BLOCK_D=block_d, EPP=epp,
+            num_warps=warps)
+        return y32.to(x.dtype), mask.view(torch.bool)
+
+    if block_f is None:
+        block_f = 16 if use_dot else min(32, triton.next_power_of_2(expert_size))
+    if use_dot and block_f < 16:
+        raise ValueError("block_f must be >= 16 for several tokens (tensor-core tiles)")
+    n_sub = triton.cdiv(expert_size, block_f)
     if b_down is not None:
         y32 = b_down.to(device=dev, dtype=torch.float32).reshape(1, d).repeat(n, 1)
     else:
         y32 = torch.zeros(n, d, device=dev, dtype=torch.float32)
-    mask = torch.empty(n, n_exp, device=dev, dtype=torch.int8)
-    h = torch.empty(n, f, device=dev, dtype=torch.float32) if variant == "split" else y32
-    dummy = w_up
-    _gate_up_kernel[(n_exp * n_sub,)](
-        x, w_gate if w_gate is not None else dummy, w_up, w_down, router_w.contiguous(),
-        router_b if router_b is not None else dummy, b_gate if b_gate is not None else dummy,
-        b_up if b_up is not None else dummy, y32, h, mask,
+    _fused_kernel[(n_exp * n_sub,)](
+        x, ptr["w_gate"], w_up, w_down, router_w, ptr["router_b"], ptr["b_gate"], ptr["b_up"], y32, mask,
         n, d, f, expert_size, n_exp, float(logit_threshold),
         HAS_GATE=w_gate is not None, HAS_RB=router_b is not None, HAS_BG=b_gate is not None,
-        HAS_BU=b_up is not None, ACT=_ACT_CODE[act], FUSED_DOWN=variant == "fused", USE_DOT=use_dot, PREC=prec,
-        UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_K=block_k, BLOCK_D=block_d, N_SUB=n_sub, num_warps=num_warps,
+        HAS_BU=b_up is not None, ACT=_ACT_CODE[act], USE_DOT=use_dot, PREC=prec,
+        UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_K=128 if use_dot else 256,
+        BLOCK_D=128 if use_dot else 256, N_SUB=n_sub, num_warps=4,
     )
-    if variant == "split":
-        block_s = max(16, triton.next_power_of_2(expert_size))
-        block_dd = 256 if d >= 2048 else 64
-        exp_per_prog = max(1, triton.cdiv(n_exp, 32))
-        grid = (triton.cdiv(d, block_dd), triton.cdiv(n_exp, exp_per_prog))
-        _down_kernel[grid](
-            h, w_down, mask, y32, n, d, f, expert_size, n_exp, exp_per_prog,
-            USE_DOT=use_dot, PREC=prec, UPCAST=upcast, BLOCK_N=block_n, BLOCK_S=block_s, BLOCK_D=block_dd, num_warps=num_warps,
-        )
     return y32.to(x.dtype), mask.view(torch.bool)
