@@ -158,7 +158,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
     d, f, s = 4096, 11008, 32
     dtype = torch.bfloat16
     ws = make_weights(args.copies, d, f, s, dtype, "cuda")
-    checks = check_gpu(ws, d, s)
+    checks = check_gpu(ws, d, s, batches=(1, 3, 8, 16) if not args.quick else (1, 8))
     for c in checks:
         print("check", c)
     bad = [c for c in checks if not c["rel_err"] < 2e-2 or c["mask_mismatch"] > 0]
@@ -167,7 +167,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
     props = torch.cuda.get_device_properties(0)
     dense_bytes = 3 * f * d * 2
     results = []
-    for batch in (1, 8):
+    for batch in args.batches:
         xs = [torch.randn(batch, d, device="cuda", dtype=dtype) for _ in ws]
         dense_g = time_cuda_graph(dense_ffn, xs, ws)
         dense_e = time_cuda_eager(dense_ffn, xs, ws)
@@ -178,10 +178,11 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
             usp = statistics.mean(union_sparsity(m) for m in masks)
             tsp = statistics.mean(1 - m.float().mean().item() for m in masks)
             variants = {}
-            for name, kw in (("splitk", dict(variant="splitk")), ("fused", dict(variant="fused")),
-                             ("splitk_k512", dict(variant="splitk", config=dict(block_k=512))),
-                             ("splitk_e4d128", dict(variant="splitk", config=dict(epp=4, block_d=128))),
-                             ("splitk_w8", dict(variant="splitk", config=dict(block_k=512, num_warps=8)))):
+            tried = (("splitk", dict(variant="splitk")), ("fused", dict(variant="fused")),
+                     ("splitk_k512", dict(variant="splitk", config=dict(block_k=512))),
+                     ("splitk_e4d128", dict(variant="splitk", config=dict(epp=4, block_d=128))),
+                     ("splitk_w8", dict(variant="splitk", config=dict(block_k=512, num_warps=8))))
+            for name, kw in tried[:2] if args.quick else tried:
                 variants[name] = time_cuda_graph(
                     lambda x, w, kw=kw, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton", **kw), xs, ws)
             best = min(variants, key=variants.get)
@@ -267,8 +268,10 @@ def main() -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--copies", type=int, default=4, help="GPU weight copies rotated (each 0.27 GB)")
-    p.add_argument("--variant", choices=("splitk", "fused"), default="splitk",
+    p.add_argument("--variant", choices=("splitk", "fused"), default="fused",
                    help="GPU kernel variant reported as kernel_us (all are recorded)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="GPU batch sizes")
+    p.add_argument("--quick", action="store_true", help="GPU: time only the splitk and fused variants")
     p.add_argument("--reps", type=int, default=20, help="CPU repetitions")
     args = p.parse_args()
     if args.device == "cuda":

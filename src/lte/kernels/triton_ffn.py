@@ -7,7 +7,14 @@ and ``w_down`` (all neuron-contiguous ``[f, d]``, so every load is a coalesced r
 read; for several tokens the union of their experts is read and each token is masked to its
 own experts in registers. Weights may be fp32/bf16/fp16; accumulation is fp32.
 
-``splitk`` (default, fastest measured, see ``benchmarks/KERNEL_NOTES.md``), three launches:
+``fused`` (default): one launch, one program per 32-neuron expert at 1 token (16-neuron slices
+for several tokens) doing router, gate/up, activation and down (atomic adds into an fp32
+output). Measured on an H100 (``benchmarks/KERNEL_NOTES.md``): correct at full shapes, but
+every program is a long chain of dependent memory round trips, so it is latency bound at
+decode sizes (1.2x dense at 50% sparsity, batch 1).
+
+``splitk`` (opt-in, verified under the interpreter, not yet timed on a GPU), three launches that
+replace the long chains by thousands of short programs:
 
 1. router, one program per expert: logits in fp32 -> mask; it also zeroes that expert's gate/up
    accumulators and initialises a slice of the fp32 output, so no memset launch is needed;
@@ -15,10 +22,6 @@ own experts in registers. Weights may be fp32/bf16/fp16; accumulation is fp32.
    partial sums go to fp32 accumulators with a few atomics;
 3. down, program (64-wide d block, 8 experts): bias, activation and token mask on the finished
    sums, ``h @ w_down`` over the 8 experts in registers, one atomic add per output element.
-
-``fused``: one launch, one program per neuron slice of an expert doing router, gate/up,
-activation and down (atomic adds into the output). Simpler, but every program is a long
-chain of dependent memory round trips, so it is latency bound at decode sizes.
 
 Batches above :data:`MAX_DECODE_TOKENS` are prefill: almost every expert is selected by some
 token, so the dispatcher (``lte.kernels.sparse_ffn``) uses the masked dense product (cuBLAS).
@@ -36,7 +39,7 @@ from .reference import ACTIVATIONS
 
 MAX_DECODE_TOKENS = 16
 VARIANTS = ("splitk", "fused")
-DEFAULT_VARIANT = "splitk"
+DEFAULT_VARIANT = "fused"  # measured and checked on an H100; splitk awaits its measurement (KERNEL_NOTES.md)
 # splitk tile sizes: gate/up K chunk, experts per down program, down d block, warps per program.
 SPLITK_CONFIG = {"block_k": 256, "epp": 8, "block_d": 64, "num_warps": 4}
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
