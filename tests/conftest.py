@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton decides interpreter vs compiled mode when its kernels are defined (at import), so
+# CPU-only runs must set TRITON_INTERPRET before anything imports lte.kernels.triton_ffn.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def tiny_llama(seed: int = 0, **kw):

@@ -51,6 +51,7 @@ def build_configs(a) -> tuple[LTEConfig, TrainConfig]:
         seq_len=_opt(a, "seq_len", 512), distill_weight=_opt(a, "distill_weight", 0.5),
         target_sparsity=a.target_sparsity, ramp_fraction=a.ramp_fraction, mixed_precision=a.mixed_precision,
         gradient_checkpointing=a.gradient_checkpointing, eval_every=_opt(a, "eval_every", 50),
+        stage1_gate=_opt(a, "stage1_gate", "ste"),
         save_every=_opt(a, "save_every", 100), seed=a.seed)
     return lcfg, tcfg
 
