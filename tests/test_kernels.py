@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,6 +25,12 @@ TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 NEAR = 1e-3  # logits this close to the threshold may round either way in another summation order
 
 
+def _interpreter_ready() -> bool:
+    """Triton decides interpreter vs GPU when triton.language is first imported: check which it chose."""
+    import triton.language as tl
+    return type(tl.zeros).__name__ == "InterpretedFunction"
+
+
 @pytest.fixture(scope="module")
 def triton_ffn():
     """The Triton module, on the GPU or under the CPU interpreter (env set before the kernels are made)."""
@@ -31,6 +39,11 @@ def triton_ffn():
     old = os.environ.get("TRITON_INTERPRET")
     if not HAS_CUDA:
         os.environ["TRITON_INTERPRET"] = "1"
+        if not _interpreter_ready():
+            if old is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            pytest.skip("triton.language was imported before TRITON_INTERPRET=1 in this process; "
+                        "test_triton_interpreter_in_subprocess runs these tests instead")
     import lte.kernels.triton_ffn as mod
     if not HAS_CUDA:  # kernels made before the variable was set would need a GPU: remake them
         mod = importlib.reload(mod)
@@ -159,6 +172,17 @@ def test_triton_variants(triton_ffn, variant, n):
                                    **{k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()
                                       if k != "logit_threshold"})
         assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
+
+
+@pytest.mark.skipif(HAS_CUDA or not HAS_TRITON, reason="only for the CPU interpreter when in-process use is impossible")
+def test_triton_interpreter_in_subprocess(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if _interpreter_ready():
+        pytest.skip("the Triton tests ran in this process under the interpreter")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                           "-k", "triton and not subprocess"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="full LLaMA-2-7B FFN shapes need a CUDA GPU")
