@@ -38,3 +38,18 @@ def test_distillation_zero_for_identical_and_positive_otherwise():
     b[0, 1:] += 5
     b[1] += torch.randn(3, 7)
     assert distillation_loss(a, b, mask=m).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_causal_lm_task_ignores_masked_labels():
+    from lte.tasks import CausalLMTask
+    task = CausalLMTask()
+    logits = torch.randn(1, 4, 5)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    full = task.loss(logits, {"input_ids": ids})
+    only_last = task.loss(logits, {"input_ids": ids, "labels": torch.tensor([[-100, -100, -100, 4]])})
+    ref = torch.nn.functional.cross_entropy(logits[0, 2:3], ids[0, 3:4])
+    assert only_last.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert full.item() != pytest.approx(only_last.item())
+    padded = task.loss(logits, {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0]])})
+    ref2 = torch.nn.functional.cross_entropy(logits[0, :2], ids[0, 1:3])
+    assert padded.item() == pytest.approx(ref2.item(), rel=1e-6)

@@ -27,17 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_model as st_load_model
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .controller import SparsityController
 from .data import batch_indices
-from .evaluate import perplexity
 from .io import WEIGHTS_FILE, save
-from .losses import distillation_loss, router_losses
+from .losses import router_losses
 from .sparsify import lte_layers, router_parameters, set_mode, stats
+from .tasks import CausalLMTask, as_task_data
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.pt"
@@ -104,11 +103,12 @@ def _tensorboard(out: Path):
 class Trainer:
     """Runs both LTE stages on packed token blocks (see module docstring)."""
 
-    def __init__(self, model, tcfg: TrainConfig, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
-                 out_dir: str | os.PathLike, tokenizer=None, teacher=None, progress: bool = True) -> None:
+    def __init__(self, model, tcfg: TrainConfig, train_data, val_data, out_dir: str | os.PathLike, tokenizer=None,
+                 teacher=None, progress: bool = True, task=None) -> None:
         self.model, self.cfg, self.tok = model, tcfg, tokenizer
         self.lte_cfg = model.lte_config
-        self.train_blocks, self.val_blocks = train_blocks, val_blocks
+        self.train_data, self.val_data = as_task_data(train_data), as_task_data(val_data)
+        self.task = task or CausalLMTask()
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
@@ -164,20 +164,20 @@ class Trainer:
         self._stage_built = stage
 
     # ------------------------------------------------------------------ one step
-    def _loss(self, x: torch.Tensor, stage: int, local_step: int) -> tuple[torch.Tensor, dict]:
+    def _loss(self, batch: dict, stage: int, local_step: int) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
+        inputs = self.task.model_inputs(batch)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            logits = self.model(input_ids=x).logits
+            logits = self.model(**inputs).logits
             t_logits = None
             if self.teacher is not None and cfg.distill_weight > 0:
                 with torch.no_grad():
-                    t_logits = self.teacher(input_ids=x).logits
-        flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-        ce = F.cross_entropy(flat, x[:, 1:].reshape(-1))
+                    t_logits = self.teacher(**inputs).logits
+        ce = self.task.loss(logits, batch)
         parts = {"ce": ce.detach()}
         loss = ce
         if t_logits is not None:
-            kd = distillation_loss(logits[:, :-1], t_logits[:, :-1], temperature=cfg.distill_temperature)
+            kd = self.task.distill(logits, t_logits, batch, cfg.distill_temperature)
             loss = (1 - cfg.distill_weight) * ce + cfg.distill_weight * kd
             parts["kd"] = kd.detach()
         if stage == 1:
@@ -202,9 +202,9 @@ class Trainer:
         spars = []
         self.opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
-            idx = batch_indices(self.train_blocks.shape[0], cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
-            x = self.train_blocks[idx].to(self.device)
-            loss, parts = self._loss(x, stage, local)
+            idx = batch_indices(len(self.train_data), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+            batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
+            loss, parts = self._loss(batch, stage, local)
             (loss / cfg.grad_accum).backward()
             spars.append(stats(self.model)["ffn_sparsity"])
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
@@ -235,13 +235,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval / checkpoint
     def evaluate(self, mode: str | None = None, max_windows: int | None = None) -> dict:
-        """Perplexity and sparsity on the validation blocks, in ``mode`` (default hard)."""
-        if self.val_blocks is None:
+        """The task's metric and sparsity on the validation data, in ``mode`` (default hard)."""
+        if self.val_data is None:
             return {}
         prev = self.layers[0].mode
         set_mode(self.model, mode or "hard")
-        res = perplexity(self.model, self.val_blocks.reshape(-1), seq_len=self.val_blocks.shape[1],
-                         batch_size=self.cfg.batch_size, max_windows=max_windows, progress=False)
+        res = self.task.evaluate(self.model, self.val_data, self.cfg.batch_size,
+                                 None if max_windows is None else max(max_windows // self.cfg.batch_size, 1))
         set_mode(self.model, prev)
         return res
 
@@ -300,10 +300,10 @@ class Trainer:
                 bar.set_postfix(post)
                 bar.update(1)
                 boundary = self.step == cfg.stage1_steps or self.step == self.total_steps
-                if self.val_blocks is not None and (self.step % cfg.eval_every == 0 or boundary):
+                if self.val_data is not None and (self.step % cfg.eval_every == 0 or boundary):
                     ev = self.evaluate(max_windows=cfg.eval_batches * cfg.batch_size)
                     self.logger.log({"kind": "eval", "step": self.step, "stage": rec["stage"],
-                                     "perplexity": ev["perplexity"], "ffn_sparsity": ev["ffn_sparsity"]})
+                                     **{k: v for k, v in ev.items() if isinstance(v, (int, float))}})
                 if self.step % cfg.save_every == 0 or boundary:
                     self.save_checkpoint()
         finally:
@@ -312,25 +312,30 @@ class Trainer:
         self.model.eval()
         summary = {"steps": self.step, "train_tokens": self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
                    "final_eta": self.controller.eta}
-        if self.val_blocks is not None:
+        if self.val_data is not None:
             ev = self.evaluate("hard")
-            summary.update(val_perplexity=ev["perplexity"], val_ffn_sparsity=ev["ffn_sparsity"])
+            summary.update({f"val_{k}": v for k, v in ev.items() if isinstance(v, (int, float)) and k != "tokens"})
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
 
-def train(model, tcfg: TrainConfig, train_blocks: torch.Tensor, val_blocks: torch.Tensor | None,
-          out_dir: str | os.PathLike, tokenizer=None, teacher=None, resume: bool = False,
-          progress: bool = True) -> dict:
+def train(model, tcfg: TrainConfig, train_data, val_data, out_dir: str | os.PathLike, tokenizer=None,
+          teacher=None, resume: bool = False, progress: bool = True, task=None) -> dict:
     """Run both LTE stages on ``model`` (already ``lte.sparsify``-ed); returns the summary.
-    The trained model is left in hard mode; the last checkpoint is in ``out_dir/checkpoint``."""
-    trainer = Trainer(model, tcfg, train_blocks, val_blocks, out_dir, tokenizer, teacher, progress)
+
+    ``train_data``/``val_data``: packed LM blocks ``[n, seq_len]`` or any ``lte.tasks.TaskData``;
+    ``task``: an ``lte.tasks`` task (default causal LM). The trained model is left in hard
+    mode; the last checkpoint is in ``out_dir/checkpoint``."""
+    trainer = Trainer(model, tcfg, train_data, val_data, out_dir, tokenizer, teacher, progress, task)
     return trainer.fit(resume=resume)
 
 
-def finetune_dense(model, tcfg: TrainConfig, train_blocks: torch.Tensor, steps: int, progress: bool = True) -> list[float]:
-    """Plain causal-LM fine-tuning (the dense baseline, and the step before grouping);
+def finetune_dense(model, tcfg: TrainConfig, train_data, steps: int, progress: bool = True,
+                   task=None) -> list[float]:
+    """Plain fine-tuning on the task loss (the dense baseline, and the step before grouping);
     returns the per-step losses."""
+    data = as_task_data(train_data)
+    task = task or CausalLMTask()
     device = next(model.parameters()).device
     mp = tcfg.mixed_precision
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get("bf16" if mp == "auto" and device.type == "cuda" else mp)
@@ -344,15 +349,15 @@ def finetune_dense(model, tcfg: TrainConfig, train_blocks: torch.Tensor, steps: 
     for step in tqdm(range(steps), desc="dense fine-tune", disable=not progress, dynamic_ncols=True):
         opt.zero_grad(set_to_none=True)
         for micro in range(tcfg.grad_accum):
-            idx = batch_indices(train_blocks.shape[0], tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed + 7)
-            x = train_blocks[idx].to(device)
+            idx = batch_indices(len(data), tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed + 7)
+            batch = {k: v.to(device) for k, v in data.batch(idx).items()}
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(input_ids=x).logits
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+                logits = model(**task.model_inputs(batch)).logits
+            loss = task.loss(logits, batch)
             (loss / tcfg.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
