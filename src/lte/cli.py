@@ -65,6 +65,21 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+_CLS_TASK_HELP = (
+    "glue:sst2|cola|mrpc|rte|stsb|qnli: sequence classification/regression (--data: the GLUE folder, e.g. "
+    "../shared/data/glue; train.tsv trains, dev.tsv is scored; a *ForSequenceClassification model with a fresh "
+    "head, e.g. --model minilm-l6; training defaults to --seq-len 128 and no distillation unless --dense-steps); "
+    "classification / regression: the same on a .tsv/.csv/.jsonl file with named columns (--text-field, "
+    "--text-pair-field, --label-field; --val-data is scored). eval prints the task's metrics, FFN sparsity, "
+    "union sparsity of each --batch-size batch (hard mode) and GFLOPs/token")
+
+
+def _add_classification_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-pair-field", default=None,
+                   help="classification/regression: column of the second text of a pair (default: none)")
+    p.add_argument("--label-field", default="label", help="classification/regression: label column (default label)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render the README's usage)."""
     ap = argparse.ArgumentParser(prog="lte", description="Learn To be Efficient: structured FFN sparsity for transformers.")
@@ -90,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-data", default=None, help="held-out text (default: the last 10%% of --data lines)")
     t.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.json (default text)")
     t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--task", default="causal-lm",
+                   help="causal-lm (default): language modelling on text; sft: prompt/response records (.json/.jsonl: "
+                        "instruction/input/output, prompt/response or chat messages), loss on responses only, "
+                        "last 5%% held out; e2e: an E2E NLG folder (trainset.csv trains, devset.csv is held out); "
+                        + _CLS_TASK_HELP)
+    t.add_argument("--chat-template", action="store_true",
+                   help="sft: format with the tokenizer's chat template instead of the Alpaca prompt")
+    t.add_argument("--packed", action="store_true",
+                   help="sft/e2e: pack examples into --seq-len blocks instead of padding one example per row")
+    _add_classification_flags(t)
     _add_common_train_flags(t)
 
     e = sub.add_parser("eval", help="perplexity, FFN sparsity and GFLOPs/token of a saved model",
@@ -105,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.add_argument("--task", default="causal-lm",
+                   help="causal-lm (default): perplexity of text; sft: held-out response perplexity (last 5%% of the "
+                        "records); mmlu: 5-shot accuracy (--data: the folder with dev/ and test/); e2e: generate per "
+                        "test MR, BLEU and ROUGE-L (--data: the E2E folder or a CSV); "
+                        + _CLS_TASK_HELP)
+    e.add_argument("--limit", type=int, default=None,
+                   help="mmlu: the first N test questions per subject; e2e: the first N distinct MRs")
+    e.add_argument("--subjects", default=None, help="mmlu: comma-separated subjects (default all)")
+    e.add_argument("--max-length", type=int, default=None,
+                   help="mmlu: prompt token budget (default the model's context); longer prompts drop shots")
+    e.add_argument("--decoding", choices=["greedy", "beam"], default="greedy", help="e2e: decoding (default greedy)")
+    e.add_argument("--num-beams", type=int, default=4, help="e2e: beams for --decoding beam (default 4)")
+    e.add_argument("--max-new-tokens", type=int, default=96, help="e2e: tokens generated at most per MR (default 96)")
+    e.add_argument("--split", choices=["test", "dev"], default="test",
+                   help="e2e: testset_w_refs.csv (default) or devset.csv")
+    e.add_argument("--out", default=None,
+                   help="e2e: folder for generations.jsonl + scores.json (default: beside the model, "
+                        "e2e_SPLIT_DECODING); mmlu: also write per-subject results + predictions there")
+    e.add_argument("--chat-template", action="store_true", help="sft: the records were trained with the chat template")
+    e.add_argument("--backend", default="auto", help="hard-mode kernel backend: auto, reference, triton, cpu")
+    _add_classification_flags(e)
 
     g = sub.add_parser("generate", help="generate text with a model and print the sparsity it ran at",
                        description="Generate from a prompt (chat template applied when the tokenizer has one).")
@@ -117,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default="auto", help="hard-mode kernel backend: auto, reference, triton, cpu")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    b = sub.add_parser("bench", help="generation speed: LTE (hard mode) vs its dense self, side by side",
+                       description="Decode tokens/s of a saved LTE model in hard mode and of the same weights in "
+                                   "plain dense FFNs, measured alternately in one process (medians).")
+    b.add_argument("model", help="LTE model directory (written by lte train / lte demo / lte.save)")
+    b.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default 128)")
+    b.add_argument("--new-tokens", type=int, default=256, help="tokens generated per run (default 256)")
+    b.add_argument("--repeats", type=int, default=3, help="timed runs per model and setup; medians reported (default 3)")
+    b.add_argument("--setups", default="eager,static,static+compile",
+                   help="comma list of: eager (dynamic cache), static (static KV cache), static+compile "
+                        "(static cache + torch.compile); default all three")
+    b.add_argument("--dtype", default="bfloat16", help="weights dtype for both models (default bfloat16)")
+    b.add_argument("--backend", default="auto", help="hard-mode kernel backend: auto, reference, triton, cpu")
+    b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    b.add_argument("--json", action="store_true", help="print the rows as JSON")
+    b.add_argument("--out", default=None, help="also write the rows to this JSON file")
     return ap
 
 
@@ -149,11 +210,46 @@ def cmd_eval(a) -> int:
     from .pipeline import run_eval
     _check_path(a.data, "--data")
     res = run_eval(a, device=_device(a.device))
+    task = getattr(a, "task", None) or "causal-lm"
+    if task in ("mmlu", "e2e"):
+        return _print_generation_eval(a, task, res)
+    from .glue import format_report, is_classification_task, report
+    if is_classification_task(task):
+        print(json.dumps(report(res)) if a.json else format_report(res))
+        return 0
     if a.json:
         print(json.dumps({k: res[k] for k in ("perplexity", "ffn_sparsity", "gflops_per_token", "tokens")}))
     else:
         print(f"perplexity {res['perplexity']:.3f}  ffn_sparsity {res['ffn_sparsity']:.3f}  "
               f"GFLOPs/token {res['gflops_per_token']:.4f}  tokens {res['tokens']}  (mode {res['mode']})")
+    return 0
+
+
+def _print_generation_eval(a, task: str, res: dict) -> int:
+    if task == "mmlu":
+        keys = ("accuracy", "accuracy_macro", "chance", "questions", "subjects", "truncated_prompts", "ffn_sparsity",
+                "gflops_per_token", "tokens", "tokens_per_s", "mode")
+        if a.json:
+            out = {k: res[k] for k in keys}
+            out["per_subject"] = {s: v["accuracy"] for s, v in res["per_subject"].items()}
+            print(json.dumps(out))
+        else:
+            for s, v in res["per_subject"].items():
+                print(f"  {s:<40} {v['accuracy']:.3f}  ({v['correct']}/{v['questions']})")
+            print(f"MMLU 5-shot accuracy {res['accuracy']:.4f} (micro over {res['questions']} questions; macro over "
+                  f"{res['subjects']} subjects {res['accuracy_macro']:.4f}; chance 0.25)  truncated prompts "
+                  f"{res['truncated_prompts']}  ffn_sparsity {res['ffn_sparsity']:.3f}  GFLOPs/token "
+                  f"{res['gflops_per_token']:.4f}  tokens {res['tokens']}  (mode {res['mode']})")
+        return 0
+    keys = ("bleu", "rouge_l", "mrs", "decoding", "num_beams", "ffn_sparsity", "gflops_per_token", "tokens",
+            "tokens_per_s", "mode", "out_dir", "bleu_signature")
+    if a.json:
+        print(json.dumps({k: res[k] for k in keys if k in res}))
+    else:
+        print(f"E2E {res['split']}: BLEU {res['bleu']:.2f}  ROUGE-L {res['rouge_l']:.4f}  over {res['mrs']} MRs "
+              f"({res['decoding']})  ffn_sparsity {res['ffn_sparsity']:.3f}  GFLOPs/token "
+              f"{res['gflops_per_token']:.4f}  {res['tokens_per_s']:.1f} tokens/s  (mode {res['mode']})\n"
+              f"generations and scores in {res.get('out_dir')}")
     return 0
 
 
@@ -173,7 +269,35 @@ def cmd_demo(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo}
+def cmd_bench(a) -> int:
+    from .bench import SETUPS, bench_generation
+    from .models import load_model
+    from .sparsify import set_backend
+    setups = tuple(x.strip() for x in a.setups.split(",") if x.strip())
+    bad = [x for x in setups if x not in SETUPS]
+    if bad:
+        raise CLIError(f"--setups: unknown setup(s) {bad}; choose from {list(SETUPS)}")
+    for name in ("prompt_len", "new_tokens", "repeats"):
+        if getattr(a, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
+    model, tok = load_model(a.model, dtype=a.dtype, device=_device(a.device))
+    set_backend(model, a.backend)
+    rows = bench_generation(model, tok, prompt_len=a.prompt_len, new_tokens=a.new_tokens, repeats=a.repeats,
+                            setups=setups, progress=not a.json)
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'setup':<16} {'dense tok/s':>12} {'LTE tok/s':>10} {'speedup':>8} {'FFN sparsity':>13}")
+        for r in rows:
+            print(f"{r['setup']:<16} {r['dense_tok_s']:>12.1f} {r['lte_tok_s']:>10.1f} {r['speedup']:>7.2f}x "
+                  f"{r['sparsity']:>13.3f}")
+    return 0
+
+
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,19 @@ layout the sparse kernels read. Modes:
 - ``hard`` (stage 2, inference): only experts with score > threshold run, unscaled. With
   gradients on it is a masked dense product (the definition); without, it calls the
   kernel dispatch (``lte.kernels``), which reads only the selected blocks.
+
+A layer may carry a ``selector`` (an ``nn.Module``, see ``lte.baselines``): another method's
+selection rule (TEAL, CATS, Deja Vu, MoEfication, top-k routers). When set, soft and hard
+mode ask it which neurons / blocks run instead of the LTE router, and compute the masked
+dense product (the definition, as hard mode with gradients does); dense mode ignores it.
+The selector returns a :class:`Selection`; the layer records neuron-level sparsity (what
+``lte.stats`` reports as ``ffn_sparsity``), the block-level sparsity a kernel reading whole
+``expert_size`` blocks would get, and the fraction of the dense FFN FLOPs that ran.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +49,24 @@ class LTEState:
         if m is None or x.dim() != 3 or m.shape[0] != x.shape[0] or m.shape[1] < x.shape[1]:
             return None
         return m[:, -x.shape[1]:].to(x.device)
+
+
+@dataclass
+class Selection:
+    """What a ``selector`` decided for each token of one FFN call (``[...]`` = the token dims).
+
+    ``neuron``: ``[..., f]`` multipliers of the intermediate activations (0 = neuron skipped;
+    a 0/1 mask, or weights); ``block``: ``[..., E]`` multipliers of whole expert blocks.
+    Either may be None. ``active`` / ``block_active`` / ``flops``: per-token fractions of
+    neurons run, of blocks touched and of the dense FFN FLOPs spent; when None they are
+    derived from the nonzeros of ``neuron`` and ``block`` (``flops`` = ``active``).
+    """
+
+    neuron: torch.Tensor | None = None
+    block: torch.Tensor | None = None
+    active: torch.Tensor | None = None
+    block_active: torch.Tensor | None = None
+    flops: torch.Tensor | None = None
 
 
 class LTEFFN(nn.Module):
@@ -72,6 +100,7 @@ class LTEFFN(nn.Module):
         self.dropout = nn.Dropout(w.dropout) if w.dropout > 0 else None
         self.router = Router(d, self.n_experts, cfg.router_init_std, cfg.router_bias_init, generator)
         self.router.to(device=w.up.device)
+        self.selector = None  # optional nn.Module: another method's selection rule (lte.baselines)
         self.reset_stats()
         self.last_scores: torch.Tensor | None = None
         self.last_token_mask: torch.Tensor | None = None
@@ -81,6 +110,8 @@ class LTEFFN(nn.Module):
         """Forget the cumulative selection counts."""
         self.last_selected = self.last_tokens = None
         self.cum_selected = self.cum_tokens = None
+        # kept only by the selector path (None = same as the expert-level counts above)
+        self.last_block = self.cum_block = self.cum_flops = None
 
     def _record(self, selected: torch.Tensor | None, tmask: torch.Tensor | None, n_tokens: int) -> None:
         # selected: [..., E] bool, or None for dense (all experts run)
@@ -118,6 +149,8 @@ class LTEFFN(nn.Module):
         if self.mode == "dense":
             self._record(None, tmask, n_tokens)
             return self._out(self._intermediate(x))
+        if self.selector is not None and self.mode in MODES:
+            return self._forward_selected(x, tmask, n_tokens)
         if self.mode == "soft":
             scores = self.router(x)
             self.last_scores, self.last_token_mask = scores, tmask
@@ -144,14 +177,64 @@ class LTEFFN(nn.Module):
         from . import kernels  # late import: kernels are optional at training time
 
         x2 = x.reshape(-1, x.shape[-1])
-        y, mask = kernels.sparse_ffn(
-            x2, self.up, self.down, self.router.weight, self.router.bias,
-            expert_size=self.expert_size, act=self.act, w_gate=self.gate, b_up=self.up_bias,
-            b_gate=self.gate_bias, b_down=self.down_bias, logit_threshold=self.logit_threshold,
-            backend=self.backend,
-        )
+        y, mask = kernels.sparse_ffn_op(
+            x2, self.up, self.down, self.router.weight, self.router.bias, self.gate, self.up_bias, self.gate_bias,
+            self.down_bias, self.expert_size, self.act, self.logit_threshold, self.backend)
         self._record(mask.reshape(*x.shape[:-1], -1), tmask, n_tokens)
         return y.reshape(x.shape)
+
+    # ----------------------------------------------------------------- pluggable selection
+    def _forward_selected(self, x: torch.Tensor, tmask: torch.Tensor | None, n_tokens: int) -> torch.Tensor:
+        """Soft/hard forward with ``self.selector`` (masked dense: the definition of skipping)."""
+        sel = self.selector
+        xin = sel.transform_input(self, x)
+        u = F.linear(xin, self.up, self.up_bias)
+        if self.gate is not None:
+            a = activation(F.linear(xin, self.gate, self.gate_bias), self.act)
+            h = a * u
+        else:
+            a = h = activation(u, self.act)
+        s = sel.select(self, x, a, h)
+        if s.block is not None:
+            h = h * s.block.to(h.dtype).repeat_interleave(self.expert_size, dim=-1)
+        if s.neuron is not None:
+            h = h * s.neuron.to(h.dtype)
+        self._record_selection(s, tmask, n_tokens)
+        return self._out(h)
+
+    def _record_selection(self, s: Selection, tmask: torch.Tensor | None, n_tokens: int) -> None:
+        active, block_active, flops = s.active, s.block_active, s.flops
+        if active is None or block_active is None:
+            nz = None
+            if s.neuron is not None:
+                nz = s.neuron.detach() != 0
+            if s.block is not None:
+                b = (s.block.detach() != 0).repeat_interleave(self.expert_size, dim=-1)
+                nz = b if nz is None else nz & b
+            if nz is None:
+                raise ValueError("a Selection needs neuron or block multipliers, or explicit fractions")
+            if active is None:
+                active = nz.float().mean(-1)
+            if block_active is None:
+                block_active = nz.unflatten(-1, (self.n_experts, self.expert_size)).any(-1).float().mean(-1)
+        if flops is None:
+            flops = active
+
+        def total(v: torch.Tensor) -> torch.Tensor:
+            v = v.detach().float()
+            return (v * tmask.to(v.dtype)).sum() if tmask is not None else v.sum()
+
+        tok = tmask.sum() if tmask is not None else torch.tensor(n_tokens, device=active.device)
+        sel, blk, fl = total(active) * self.n_experts, total(block_active) * self.n_experts, total(flops)
+        self.last_selected, self.last_tokens, self.last_block = sel, tok, blk
+        if self.cum_selected is None or self.cum_block is None:
+            self.cum_selected, self.cum_tokens, self.cum_block, self.cum_flops = sel, tok, blk, fl
+        else:
+            dev = self.cum_selected.device
+            self.cum_selected = self.cum_selected + sel.to(dev)
+            self.cum_tokens = self.cum_tokens + tok.to(dev)
+            self.cum_block = self.cum_block + blk.to(dev)
+            self.cum_flops = self.cum_flops + fl.to(dev)
 
     def reference_hard(self, x: torch.Tensor) -> torch.Tensor:
         """Hard mode by definition (masked dense); used by tests and as documentation."""

@@ -110,3 +110,24 @@ def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router
         return sparse_ffn_cpu(x, w_up, w_down, router_w, router_b, logit_threshold=logit_threshold, **kw)
     mask = router_mask(x, router_w, router_b, logit_threshold)
     return sparse_ffn_reference(x, w_up, w_down, mask, **kw), mask
+
+
+# --------------------------------------------------------------------------- torch op
+# The dispatch as one opaque PyTorch operator, so that torch.compile (e.g. Hugging Face
+# generation with a static cache) keeps the sparse FFN in its graph instead of breaking at
+# a ctypes or Triton launcher call.
+@torch.library.custom_op("lte::sparse_ffn", mutates_args=())
+def sparse_ffn_op(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
+                  router_b: torch.Tensor | None, w_gate: torch.Tensor | None, b_up: torch.Tensor | None,
+                  b_gate: torch.Tensor | None, b_down: torch.Tensor | None, expert_size: int, act: str,
+                  logit_threshold: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sparse_ffn`` as a registered operator (``torch.ops.lte.sparse_ffn``)."""
+    y, mask = sparse_ffn(x, w_up, w_down, router_w, router_b, expert_size=expert_size, act=act, w_gate=w_gate,
+                         b_up=b_up, b_gate=b_gate, b_down=b_down, logit_threshold=logit_threshold, backend=backend)
+    return y.clone() if y.data_ptr() == x.data_ptr() else y, mask
+
+
+@sparse_ffn_op.register_fake
+def _sparse_ffn_fake(x, w_up, w_down, router_w, router_b, w_gate, b_up, b_gate, b_down, expert_size, act,
+                     logit_threshold, backend):
+    return x.new_empty(x.shape[0], w_up.shape[1]), x.new_empty(x.shape[0], router_w.shape[0], dtype=torch.bool)

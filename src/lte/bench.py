@@ -1,0 +1,132 @@
+"""End-to-end generation speed: an LTE model in hard mode against its own dense self.
+
+The dense reference is the same weights in plain FFN modules (``dense_copy``), so both run
+the same attention, cache and generation code. Each setup (eager / static KV cache +
+``torch.compile``) is measured for dense and LTE alternately in the same process, several
+times, and the median is reported: these machines are noisy, so only ratios measured side
+by side mean anything. Tokens/s = new tokens / wall time of ``generate`` (prefill included).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .ffn import LTEFFN
+from .kernels.reference import activation
+from .sparsify import lte_layers, reset_stats, set_mode, stats
+
+
+class DenseFFN(nn.Module):
+    """A plain FFN (``nn.Linear`` projections) with an LTE layer's weights: the dense reference."""
+
+    def __init__(self, layer: LTEFFN) -> None:
+        super().__init__()
+        d, f = layer.up.shape[1], layer.up.shape[0]
+
+        def lin(w: torch.Tensor, b: torch.Tensor | None, transpose: bool = False) -> nn.Linear:
+            w = w.detach().t() if transpose else w.detach()
+            m = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+            m.weight.data.copy_(w)
+            if b is not None:
+                m.bias.data.copy_(b.detach())
+            return m
+        self.up_proj = lin(layer.up, layer.up_bias)
+        self.gate_proj = None if layer.gate is None else lin(layer.gate, layer.gate_bias)
+        self.down_proj = lin(layer.down, layer.down_bias, transpose=True)
+        self.act = layer.act
+        self.shape = (d, f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``down(act(gate(x)) * up(x))`` or ``down(act(up(x)))``."""
+        h = self.up_proj(x)
+        h = activation(self.gate_proj(x), self.act) * h if self.gate_proj is not None else activation(h, self.act)
+        return self.down_proj(h)
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of an LTE model whose LTE layers are replaced by plain dense FFNs."""
+    dense = copy.deepcopy(model)
+    for mod in list(dense.modules()):
+        for attr, child in list(mod.named_children()):
+            if isinstance(child, LTEFFN):
+                setattr(mod, attr, DenseFFN(child))
+    if hasattr(dense, "lte_hook"):
+        dense.lte_hook.remove()
+    return dense
+
+
+def _prompt(tok, prompt_len: int, device) -> dict[str, torch.Tensor]:
+    text = ("The history of science is the study of the development of science and scientific knowledge, "
+            "including both the natural and social sciences. ") * (prompt_len // 8 + 1)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :prompt_len]
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+SETUPS = ("eager", "static", "static+compile")
+
+
+def _generate_kwargs(static: bool, compile_: bool, pad_id: int | None, new_tokens: int) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=pad_id)
+    if static:
+        kw["cache_implementation"] = "static"
+        from transformers import CompileConfig
+        cc = CompileConfig(fullgraph=False, mode="default")
+        cc._compile_all_devices = True  # transformers compiles only on accelerators unless asked
+        kw["compile_config"] = cc
+        kw["disable_compile"] = not compile_
+    return kw
+
+
+def time_generate(model, enc: dict, kw: dict) -> float:
+    """Seconds for one ``generate`` call (synchronised on CUDA)."""
+    dev = enc["input_ids"].device
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.no_grad():
+        model.generate(**enc, **kw)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256, repeats: int = 3,
+                     setups: tuple[str, ...] = ("eager", "static+compile"), progress: bool = True) -> list[dict]:
+    """Dense vs LTE (hard mode) decode tokens/s for each setup, measured alternately; one row
+    per setup with the medians, the ratio and the FFN sparsity LTE ran at."""
+    set_mode(model, "hard")
+    model.eval()
+    dense = dense_copy(model).eval()
+    enc = _prompt(tok, prompt_len, next(model.parameters()).device)
+    rows = []
+    for setup in setups:
+        kw = _generate_kwargs(setup != "eager", "compile" in setup, tok.pad_token_id, new_tokens)
+        warm = {**kw, "max_new_tokens": min(new_tokens, 16), "min_new_tokens": min(new_tokens, 16)}
+        for m in (dense, model):  # warm-up: kernels, compilation, caches
+            time_generate(m, enc, warm)
+            time_generate(m, enc, warm)
+        td, tl = [], []
+        for r in range(repeats):
+            td.append(time_generate(dense, enc, kw))
+            reset_stats(model)
+            tl.append(time_generate(model, enc, kw))
+            if progress:
+                print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[-1]:.1f} tok/s, "
+                      f"lte {new_tokens / tl[-1]:.1f} tok/s", flush=True)
+        sp = stats(model, cumulative=True)
+        d_tps, l_tps = new_tokens / statistics.median(td), new_tokens / statistics.median(tl)
+        rows.append({"setup": setup, "dense_tok_s": d_tps, "lte_tok_s": l_tps, "speedup": l_tps / d_tps,
+                     "sparsity": sp["ffn_sparsity"], "prompt_len": prompt_len, "new_tokens": new_tokens,
+                     "repeats": repeats, "backend": lte_layers(model)[0].backend,
+                     "dtype": str(next(model.parameters()).dtype).replace("torch.", "")})
+    return rows
+
+
+__all__ = ["SETUPS", "DenseFFN", "dense_copy", "bench_generation", "time_generate"]
