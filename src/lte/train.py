@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .controller import SparsityController
 from .data import batch_indices
+from .dist import DistEnv
 from .io import WEIGHTS_FILE, save
 from .losses import router_losses
 from .sparsify import lte_layers, router_parameters, set_mode, stats
@@ -81,9 +82,12 @@ class _Logger:
     path: Path
     tb: Any = None
     records: list = field(default_factory=list)
+    enabled: bool = True
 
     def log(self, rec: dict) -> None:
         self.records.append(rec)
+        if not self.enabled:
+            return
         with self.path.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         if self.tb is not None:
@@ -111,7 +115,12 @@ class Trainer:
         self.task = task or CausalLMTask()
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.progress = progress
+        self.dist = DistEnv()
+        self.progress = progress and self.dist.is_main
+        if self.dist.device is not None:
+            model.to(self.dist.device)
+            if teacher is not None:
+                teacher.to(self.dist.device)
         self.device = next(model.parameters()).device
         self.teacher = teacher
         if tcfg.distill_weight > 0 and teacher is None:
@@ -129,9 +138,11 @@ class Trainer:
         self.step = 0
         self.opt = self.sched = None
         self._stage_built = None
+        self.run_model = model  # what forward/backward go through (DDP-wrapped when distributed)
         if tcfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.logger = _Logger(self.out / "log.jsonl", _tensorboard(self.out))
+        self.logger = _Logger(self.out / "log.jsonl", _tensorboard(self.out) if self.dist.is_main else None,
+                              enabled=self.dist.is_main)
 
     # ------------------------------------------------------------------ setup
     @property
@@ -161,6 +172,7 @@ class Trainer:
         set_mode(self.model, "soft" if stage == 1 else "hard")
         for layer in lte_layers(self.model):
             layer.soft_gate = cfg.stage1_gate
+        self.run_model = self.dist.wrap(self.model)  # re-wrapped per stage: the trainable set changed
         self._stage_built = stage
 
     # ------------------------------------------------------------------ one step
@@ -168,7 +180,7 @@ class Trainer:
         cfg = self.cfg
         inputs = self.task.model_inputs(batch)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            logits = self.model(**inputs).logits
+            logits = self.run_model(**inputs).logits
             t_logits = None
             if self.teacher is not None and cfg.distill_weight > 0:
                 with torch.no_grad():
@@ -202,7 +214,8 @@ class Trainer:
         spars = []
         self.opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
-            idx = batch_indices(len(self.train_data), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+            idx = self.dist.shard(batch_indices(len(self.train_data), cfg.batch_size * self.dist.world,
+                                                step * cfg.grad_accum + micro, cfg.seed))
             batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
             loss, parts = self._loss(batch, stage, local)
             (loss / cfg.grad_accum).backward()
@@ -215,6 +228,10 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         sparsity = sum(spars) / len(spars)
+        if self.dist.world > 1:  # every process must see the same numbers to take the same control action
+            avg = self.dist.mean({**totals, "sparsity": sparsity})
+            sparsity = avg.pop("sparsity")
+            totals = avg
         shift = 0.0
         if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
             shift = self.controller.bias_shift(local, sparsity)
@@ -227,7 +244,8 @@ class Trainer:
                     layer.router.bias.add_(shift)
         rec = {"kind": "train", "step": step + 1, "stage": stage, **totals, "sparsity": sparsity,
                "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
-               "tokens_per_s": cfg.batch_size * cfg.grad_accum * cfg.seq_len / (time.perf_counter() - t0)}
+               "tokens_per_s": cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist.world
+               / (time.perf_counter() - t0)}
         if stage == 1 and self.controller.target is not None:
             rec["target"] = self.controller.target_at(local)
         self.step += 1
@@ -246,8 +264,12 @@ class Trainer:
         return res
 
     def save_checkpoint(self) -> Path:
-        """Atomically write model + optimizer + controller + RNG state to ``out/checkpoint``."""
+        """Atomically write model + optimizer + controller + RNG state to ``out/checkpoint``
+        (main process only; the others wait)."""
         path = self.out / CHECKPOINT
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return path
         save(self.model, path, self.tok, extra={"step": self.step})
         state = {"step": self.step, "stage": self._stage_built, "optimizer": self.opt.state_dict() if self.opt else None,
                  "scheduler": self.sched.state_dict() if self.sched else None,
@@ -256,6 +278,7 @@ class Trainer:
         tmp = path / f"{STATE_FILE}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, path / STATE_FILE)
+        self.dist.barrier()
         return path
 
     def load_checkpoint(self) -> bool:
@@ -310,12 +333,13 @@ class Trainer:
             bar.close()
         set_mode(self.model, "hard")
         self.model.eval()
-        summary = {"steps": self.step, "train_tokens": self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
+        summary = {"steps": self.step, "train_tokens": self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist.world,
                    "final_eta": self.controller.eta}
         if self.val_data is not None:
             ev = self.evaluate("hard")
             summary.update({f"val_{k}": v for k, v in ev.items() if isinstance(v, (int, float)) and k != "tokens"})
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.dist.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
 
