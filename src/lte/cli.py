@@ -178,7 +178,66 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON")
     b.add_argument("--out", default=None, help="also write the rows to this JSON file")
+    _add_sweep_parser(sub)
     return ap
+
+
+def _add_sweep_parser(sub) -> None:
+    w = sub.add_parser("sweep", help="quality-sparsity frontier: LTE and the baselines side by side, CSV + PNG",
+                       description="Run LTE and the baselines (dense, TEAL, CATS, Deja Vu, MoEfication, top-k "
+                                   "routers) on one model and data at several sparsities, measured the same way. "
+                                   "Writes OUT/results.json, results.csv, sparsity.png and gflops.png after every "
+                                   "point; rerunning skips finished points.")
+    w.add_argument("--model", default="smollm2-135m", help="alias, local dir, .gguf file or hub name (default smollm2-135m)")
+    w.add_argument("--data", required=True,
+                   help="training/calibration text; its last 10%% of lines is held out (LTE's controller check)")
+    w.add_argument("--eval-data", default=None, help="evaluation text (default: the held-out 10%% of --data)")
+    w.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.json (default text)")
+    w.add_argument("--methods", default="lte,dense,teal,cats,dejavu,moefication,topk",
+                   help="comma list of methods (base, dense, lte, teal-ffn, teal-all, cats-nofinetune, cats-finetune, "
+                        "dejavu-neuron, dejavu-block, moefication-router, moefication-oracle, topk-softmax, "
+                        "random-router) or groups (teal, cats, dejavu, moefication, topk, random, training-free, all); "
+                        "default lte,dense,teal,cats,dejavu,moefication,topk")
+    w.add_argument("--sparsities", default="0.25,0.5,0.75,0.9", help="comma list of target FFN sparsities (default "
+                                                                      "0.25,0.5,0.75,0.9)")
+    w.add_argument("--out", required=True, help="output directory (results are resumed from it)")
+    w.add_argument("--train-steps", dest="train_steps", type=int, default=None,
+                   help="optimizer steps of every method that trains (LTE's two stages together; default 100)")
+    w.add_argument("--dense-steps", dest="dense_steps", type=int, default=None,
+                   help="dense fine-tuning steps of the shared starting model, before any method (default 0)")
+    w.add_argument("--stage1-fraction", dest="stage1_fraction", type=float, default=None,
+                   help="LTE: share of --train-steps spent in stage 1 (default 0.5)")
+    w.add_argument("--lr", type=float, default=None, help="model learning rate of every trained method (default 5e-5)")
+    w.add_argument("--router-lr", dest="router_lr", type=float, default=None,
+                   help="LTE router learning rate (default 2e-3)")
+    w.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="sequences per micro-batch (default 8)")
+    w.add_argument("--grad-accum", dest="grad_accum", type=int, default=None,
+                   help="micro-batches per optimizer step (default 1)")
+    w.add_argument("--seq-len", dest="seq_len", type=int, default=None, help="tokens per training sequence (default 512)")
+    w.add_argument("--distill-weight", dest="distill_weight", type=float, default=None,
+                   help="weight of KL distillation from the starting model in every trained method (default 0.9)")
+    w.add_argument("--separability-weight", dest="separability_weight", type=float, default=None,
+                   help="LTE separability-loss weight (default 0)")
+    w.add_argument("--aux-weight", dest="aux_weight", type=float, default=None,
+                   help="noisy top-k: load-balancing (importance) loss weight (default 0.01)")
+    w.add_argument("--expert-size", dest="expert_size", type=int, default=None,
+                   help="neurons per expert block, for every method (default 32)")
+    w.add_argument("--calib-tokens", dest="calib_tokens", type=int, default=None,
+                   help="training tokens used to fit thresholds and train predictors (default 16384)")
+    w.add_argument("--predictor-epochs", dest="predictor_epochs", type=int, default=None,
+                   help="epochs of Deja Vu predictor / MoEfication router training (default 20)")
+    w.add_argument("--eval-len", dest="eval_len", type=int, default=None, help="evaluation window (default 1024)")
+    w.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=None,
+                   help="evaluation windows per batch (default 8)")
+    w.add_argument("--max-windows", dest="max_windows", type=int, default=None,
+                   help="evaluate only the first N windows (default all)")
+    w.add_argument("--mixed-precision", dest="mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
+                   help="training autocast dtype (auto: bf16 on GPU, none on CPU)")
+    w.add_argument("--seed", type=int, default=None, help="random seed (grouping, predictors, data order; default 0)")
+    w.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    w.add_argument("--dtype", default="float32", help="model weights dtype: float32 (default), bfloat16, float16")
+    w.add_argument("--verbose", action="store_true", help="also show the progress of each method's training")
+    w.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _device(name: str | None) -> str:
@@ -202,7 +261,9 @@ def cmd_train(a) -> int:
     if a.val_data:
         _check_path(a.val_data, "--val-data")
     summary = run_train(a, device=_device(a.device))
-    print(json.dumps(summary, indent=2))
+    from .dist import is_main_process
+    if is_main_process():
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -297,7 +358,20 @@ def cmd_bench(a) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo}
+def cmd_sweep(a) -> int:
+    from .sweep import run_cli
+    _check_path(a.data, "--data")
+    if a.eval_data:
+        _check_path(a.eval_data, "--eval-data")
+    a.device = _device(a.device)
+    res = run_cli(a)
+    n = len(res["rows"])
+    print(f"{res['computed']} point(s) computed, {n - res['computed']} reused; results in {res['out']}/results.json, "
+          f"results.csv, sparsity.png, gflops.png")
+    return 0
+
+
+COMMANDS = {"sweep": cmd_sweep, "bench": cmd_bench, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

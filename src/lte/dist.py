@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a multi-process launch (files are written once)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def launched_distributed() -> bool:
     """True when started by a multi-process launcher (WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

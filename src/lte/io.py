@@ -20,6 +20,7 @@ from safetensors.torch import save_model as st_save_model
 from torch import nn
 
 from .config import LTEConfig
+from .dist import is_main_process
 
 LTE_FILE = "lte_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -52,13 +53,16 @@ def _replace_dir(tmp: Path, path: Path) -> None:
 
 def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> Path:
     """Write ``model`` (an LTE model) to ``path``: weights, configs, tokenizer (the one given,
-    else the one ``lte.load_model`` attached). Returns the path."""
+    else the one ``lte.load_model`` attached). Returns the path. In a multi-process run only
+    the main process (RANK 0) writes."""
     from .sparsify import get_mode
 
     cfg: LTEConfig | None = getattr(model, "lte_config", None)
     if cfg is None:
         raise ValueError("lte.save needs an LTE model: call lte.sparsify(model, cfg) first")
     path = Path(path)
+    if not is_main_process():  # multi-process run: the main process writes, the others hold the same model
+        return path
     tmp = _atomic_dir(path)
     try:
         model.config.save_pretrained(tmp)
