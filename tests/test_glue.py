@@ -225,6 +225,8 @@ def test_cli_train_and_eval_generic_classification(tmp_path, tiny_model_dir, cap
     assert printed["ffn_sparsity"] == pytest.approx(summary["dev_ffn_sparsity"])
     loaded = lte.load(out / "model")
     assert loaded.config.id2label == {0: "neg", 1: "pos"}
+    again, _ = lte.load_model(str(out / "model"), task="sequence-classification")  # no num_labels needed
+    assert type(again).__name__ == "BertForSequenceClassification" and lte.get_mode(again) == "hard"
 
 
 @needs_glue

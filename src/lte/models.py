@@ -127,7 +127,8 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = "
     torch_dtype = parse_dtype(dtype)
     if task not in TASKS:
         raise ModelLoadError(f"unsupported task {task!r} for load_model; supported: {', '.join(TASKS)}")
-    if task == "sequence-classification" and (num_labels is None or num_labels < 1):
+    if task == "sequence-classification" and (num_labels is None or num_labels < 1) and not (
+            os.path.isdir(name) and is_lte_dir(name)):  # a saved LTE classifier keeps its head
         raise ModelLoadError(f"task sequence-classification needs num_labels >= 1, got {num_labels!r}")
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     if task == "sequence-classification":
