@@ -1,4 +1,5 @@
-"""Multi-process training (accelerate DDP over gloo on CPU) equals single-process training."""
+"""Multi-process training (accelerate DDP, and FSDP full sharding, over gloo on CPU) equals
+single-process training, and a multi-process checkpoint resumes on one process."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = False) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = False, fsdp: bool = False) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LTE_FSDP": "1" if fsdp else "0"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
         env.pop(k, None)
     args = [str(WORKER), str(out), str(batch), str(s1), str(s2), "1" if resume else "0"]
     if procs > 1:
@@ -32,15 +33,18 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in recs if r.get("kind") == "train"}
 
 
-def test_two_processes_match_one_and_resume_on_one(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume_on_one(tmp_path, fsdp):
     _run(tmp_path / "one", 1, 4, 4, 2)
-    _run(tmp_path / "two", 2, 2, 4, 2)
+    _run(tmp_path / "two", 2, 2, 4, 2, fsdp=fsdp)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["parallel"] == ("fsdp" if fsdp else "ddp")
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
     # a checkpoint written by 2 processes (stage 1 only) resumes on 1 process to the same end
-    _run(tmp_path / "cut", 2, 2, 4, 0)
+    _run(tmp_path / "cut", 2, 2, 4, 0, fsdp=fsdp)
     _run(tmp_path / "cut", 1, 4, 4, 2, resume=True)
     cut = _losses(tmp_path / "cut")
     assert cut[6] == pytest.approx(one[6], rel=1e-4, abs=1e-5)

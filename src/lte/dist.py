@@ -5,6 +5,13 @@ each process takes its slice of every global batch, gradients are averaged by
 DistributedDataParallel, the measured sparsity and logged losses are averaged across
 processes (so every process applies the same eta and router-bias shift), and only the main
 process writes logs and checkpoints. With one process nothing is wrapped and nothing changes.
+
+FSDP (full sharding, PyTorch's ``fully_shard``) replaces DDP when the launch asks for it:
+``accelerate launch --use_fsdp ...`` (or an accelerate config with ``distributed_type: FSDP``,
+which sets ``ACCELERATE_USE_FSDP=true``), or ``LTE_FSDP=1`` under torchrun. Every
+transformer block holding an LTE FFN (its router included) is one FSDP unit, then the
+root. Models and checkpoints are gathered to full tensors on save, so a checkpoint resumes
+on any number of processes with or without sharding.
 """
 
 from __future__ import annotations
@@ -18,6 +25,27 @@ from torch import nn
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a multi-process launch (files are written once)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def fsdp_requested() -> bool:
+    """Whether the launcher asked for FSDP (accelerate's --use_fsdp / FSDP config, or LTE_FSDP=1)."""
+    return (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+            or os.environ.get("LTE_FSDP", "0").lower() in ("1", "true"))
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when the model's parameters are FSDP-sharded DTensors."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - old torch
+        return False
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full (unsharded, CPU) state dict of a sharded model. Collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def launched_distributed() -> bool:
@@ -37,6 +65,25 @@ class DistEnv:
             self.acc = Accelerator(cpu=not torch.cuda.is_available(),
                                    kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
             self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.fsdp = self.acc is not None and fsdp_requested()
+
+    def shard(self, model: nn.Module, param_dtype: torch.dtype | None = None) -> nn.Module:
+        """Apply FSDP to ``model`` in place (once; no-op without FSDP): each block holding an
+        LTE FFN is a unit, then the root. ``param_dtype`` (bf16 on GPU) is the dtype
+        parameters are gathered and computed in; gradients are reduced in fp32."""
+        if not self.fsdp or is_sharded(model):
+            return model
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        kw = {}
+        if param_dtype is not None and self.acc.device.type == "cuda":
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+
+        from .ffn import LTEFFN
+        blocks = [m for m in model.modules() if any(isinstance(c, LTEFFN) for c in m.children())]
+        for block in blocks:
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
+        return model
 
     @property
     def is_main(self) -> bool:
@@ -49,8 +96,9 @@ class DistEnv:
         return None if self.acc is None else self.acc.device
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The model to run forward/backward through: DDP-wrapped when distributed."""
-        if self.acc is None:
+        """The model to run forward/backward through: DDP-wrapped when distributed (FSDP models
+        are sharded in place by ``shard`` and returned as they are)."""
+        if self.acc is None or self.fsdp:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [self.acc.device.index] if self.acc.device.type == "cuda" else None
@@ -70,7 +118,7 @@ class DistEnv:
         if self.acc is not None:
             self.acc.wait_for_everyone()
 
-    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+    def slice_batch(self, idx: torch.Tensor) -> torch.Tensor:
         """This process's contiguous slice of a global batch of indices."""
         if self.world == 1:
             return idx

@@ -20,7 +20,7 @@ from safetensors.torch import save_model as st_save_model
 from torch import nn
 
 from .config import LTEConfig
-from .dist import is_main_process
+from .dist import full_state_dict, is_main_process, is_sharded
 
 LTE_FILE = "lte_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -51,6 +51,20 @@ def _replace_dir(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _save_full(sd: dict[str, torch.Tensor], file: Path) -> None:
+    """Write a gathered state dict; tensors sharing storage (tied weights) are written once."""
+    from safetensors.torch import save_file
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in sd.items():
+        key = v.untyped_storage().data_ptr()
+        if key in seen:
+            continue
+        seen[key] = k
+        out[k] = v.contiguous()
+    save_file(out, str(file), metadata={"format": "pt"})
+
+
 def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> Path:
     """Write ``model`` (an LTE model) to ``path``: weights, configs, tokenizer (the one given,
     else the one ``lte.load_model`` attached). Returns the path. In a multi-process run only
@@ -61,6 +75,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
     if cfg is None:
         raise ValueError("lte.save needs an LTE model: call lte.sparsify(model, cfg) first")
     path = Path(path)
+    full = full_state_dict(model) if is_sharded(model) else None  # FSDP: collective, every rank calls save
     if not is_main_process():  # multi-process run: the main process writes, the others hold the same model
         return path
     tmp = _atomic_dir(path)
@@ -69,7 +84,10 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
         gen_cfg = getattr(model, "generation_config", None)
         if gen_cfg is not None:
             gen_cfg.save_pretrained(tmp)
-        st_save_model(model, str(tmp / WEIGHTS_FILE))
+        if full is None:
+            st_save_model(model, str(tmp / WEIGHTS_FILE))
+        else:
+            _save_full(full, tmp / WEIGHTS_FILE)
         dtype = next(p.dtype for n, p in model.named_parameters() if ".router." not in n)
         meta = {
             "format_version": FORMAT_VERSION,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .controller import SparsityController
 from .data import batch_indices
-from .dist import DistEnv
+from .dist import DistEnv, is_sharded
 from .io import WEIGHTS_FILE, save
 from .losses import router_losses
 from .sparsify import lte_layers, router_parameters, set_mode, stats
@@ -154,6 +154,9 @@ class Trainer:
 
     def _build_stage(self, stage: int) -> None:
         cfg = self.cfg
+        self.dist.shard(self.model, self.amp_dtype)  # FSDP: shard before the optimizer sees the parameters
+        if self.teacher is not None:
+            self.dist.shard(self.teacher, self.amp_dtype)
         routers = set(map(id, router_parameters(self.model)))
         body = [p for p in self.model.parameters() if id(p) not in routers]
         for p in body:
@@ -214,7 +217,7 @@ class Trainer:
         spars = []
         self.opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
-            idx = self.dist.shard(batch_indices(len(self.train_data), cfg.batch_size * self.dist.world,
+            idx = self.dist.slice_batch(batch_indices(len(self.train_data), cfg.batch_size * self.dist.world,
                                                 step * cfg.grad_accum + micro, cfg.seed))
             batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
             loss, parts = self._loss(batch, stage, local)
@@ -267,11 +270,16 @@ class Trainer:
         """Atomically write model + optimizer + controller + RNG state to ``out/checkpoint``
         (main process only; the others wait)."""
         path = self.out / CHECKPOINT
+        save(self.model, path, self.tok, extra={"step": self.step})  # every rank: FSDP gathers, rank 0 writes
+        optim = None
+        if self.opt is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+            optim = get_optimizer_state_dict(self.model, self.opt, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=is_sharded(self.model)))
         if not self.dist.is_main:
             self.dist.barrier()
             return path
-        save(self.model, path, self.tok, extra={"step": self.step})
-        state = {"step": self.step, "stage": self._stage_built, "optimizer": self.opt.state_dict() if self.opt else None,
+        state = {"step": self.step, "stage": self._stage_built, "optimizer": optim,
                  "scheduler": self.sched.state_dict() if self.sched else None,
                  "controller": self.controller.state_dict(), "rng": torch.get_rng_state(),
                  "train_config": self.cfg.to_dict()}
@@ -296,7 +304,9 @@ class Trainer:
         if state["stage"] is not None and self.step < self.total_steps:
             self._build_stage(state["stage"])
             if self.stage_of(self.step) == state["stage"]:
-                self.opt.load_state_dict(state["optimizer"])
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+                set_optimizer_state_dict(self.model, self.opt, state["optimizer"],
+                                         options=StateDictOptions(full_state_dict=True))
                 self.sched.load_state_dict(state["scheduler"])
             else:
                 self._stage_built = None
@@ -334,7 +344,8 @@ class Trainer:
         set_mode(self.model, "hard")
         self.model.eval()
         summary = {"steps": self.step, "train_tokens": self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist.world,
-                   "final_eta": self.controller.eta}
+                   "final_eta": self.controller.eta, "processes": self.dist.world,
+                   "parallel": "fsdp" if self.dist.fsdp else ("ddp" if self.dist.world > 1 else "none")}
         if self.val_data is not None:
             ev = self.evaluate("hard")
             summary.update({f"val_{k}": v for k, v in ev.items() if isinstance(v, (int, float)) and k != "tokens"})
