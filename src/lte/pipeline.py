@@ -246,7 +246,8 @@ def demo_corpus(model, tok, device: str, n_per_prompt: int, new_tokens: int, see
     """Texts sampled from the dense model on the fixed demo prompts, cached on disk (the
     corpus is a property of the model and these settings, so it is reused across runs)."""
     key = hashlib.sha256(json.dumps([DEMO_PROMPTS, n_per_prompt, new_tokens, seed,
-                                     getattr(tok, "name_or_path", "")]).encode()).hexdigest()[:16]
+                                     len(tok), type(model).__name__,
+                                     model.config.hidden_size]).encode()).hexdigest()[:16]  # not the install path
     path = CACHE_DIR / f"demo_corpus_{key}.json"
     if path.is_file():
         try:
