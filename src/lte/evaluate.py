@@ -8,6 +8,13 @@ attention scores and weighted values at the average attended length (``context``
 window for non-overlapping windows), FFN expert blocks actually run (per-layer sparsity),
 routers (when not dense), and the LM head. Embedding look-ups, norms and activations are
 not counted.
+
+Other methods' selection rules (``lte.baselines``) plug in additively: a layer whose
+``selector`` has ``flops_per_token(layer)`` reports its own FFN FLOPs (at its granularity,
+from what it measured) and its predictor/router cost, counted under ``predictor``; any module
+with ``flops_saved_per_token()`` (e.g. TEAL's sparsified attention projections) lowers the
+attention count. Block sparsity (``block_sparsity``) is the fraction of ``expert_size``
+blocks a block kernel could skip; for LTE it equals ``ffn_sparsity``.
 """
 
 from __future__ import annotations
@@ -36,8 +43,14 @@ def gflops_per_token(model, per_layer_sparsity: list[float] | None = None, conte
     q, kv = n_heads * head_dim, n_kv * head_dim
     attn_proj = 2 * d * (q + 2 * kv) + 2 * q * d
     attn_mix = 2 * 2 * n_heads * head_dim * context
-    ffn = router = 0.0
+    ffn = router = predictor = 0.0
     for i, layer in enumerate(layers):
+        sel = getattr(layer, "selector", None)
+        if per_layer_sparsity is not None and sel is not None and hasattr(sel, "flops_per_token"):
+            f_ffn, f_pred = sel.flops_per_token(layer)  # the method's own FFN FLOPs + its predictor
+            ffn += f_ffn
+            predictor += f_pred
+            continue
         f = layer.up.shape[0]
         n_mats = 3 if layer.gate is not None else 2
         frac = 1.0 if per_layer_sparsity is None else 1.0 - per_layer_sparsity[i]
@@ -49,9 +62,33 @@ def gflops_per_token(model, per_layer_sparsity: list[float] | None = None, conte
     # per sequence on a pooled vector and is not counted per token.
     get_out = getattr(model, "get_output_embeddings", None)
     head = 2 * d * vocab if get_out is None or get_out() is not None else 0
-    total = n * (attn_proj + attn_mix) + ffn + router + head
-    return {"gflops_per_token": total / 1e9, "attention": n * (attn_proj + attn_mix) / 1e9, "ffn": ffn / 1e9,
-            "router": router / 1e9, "lm_head": head / 1e9}
+    attention = n * (attn_proj + attn_mix)
+    if per_layer_sparsity is not None:
+        attention -= sum(m.flops_saved_per_token() for m in model.modules()
+                         if callable(getattr(m, "flops_saved_per_token", None)))
+    total = attention + ffn + router + predictor + head
+    return {"gflops_per_token": total / 1e9, "attention": attention / 1e9, "ffn": ffn / 1e9,
+            "router": router / 1e9, "predictor": predictor / 1e9, "lm_head": head / 1e9}
+
+
+def block_sparsity(model) -> list[float]:
+    """Per-layer fraction of ``expert_size`` blocks skipped, cumulative since the last reset
+    (equal to the FFN sparsity for LTE's own routers, which select whole blocks)."""
+    out = []
+    for layer in lte_layers(model):
+        blk = layer.cum_block if layer.cum_block is not None else layer.cum_selected
+        if blk is None:
+            raise ValueError("no forward pass recorded yet: run the model first")
+        out.append(1.0 - float(blk) / max(int(layer.cum_tokens) * layer.n_experts, 1))
+    return out
+
+
+def reset_all_stats(model) -> None:
+    """``reset_stats`` of the LTE layers and of any other module that keeps counts (baselines)."""
+    reset_stats(model)
+    for m in model.modules():
+        if callable(getattr(m, "reset_stats", None)) and not hasattr(m, "n_experts"):
+            m.reset_stats()
 
 
 @torch.no_grad()
@@ -68,7 +105,7 @@ def perplexity(model, ids: torch.Tensor, seq_len: int = 1024, batch_size: int = 
     windows = ids[: n_win * seq_len].view(n_win, seq_len)
     was_training = model.training
     model.eval()
-    reset_stats(model)
+    reset_all_stats(model)
     use_amp = device.type == "cuda" if autocast is None else autocast
     nll, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for i in tqdm(range(0, n_win, batch_size), desc="eval", disable=not progress, leave=False):
@@ -83,10 +120,13 @@ def perplexity(model, ids: torch.Tensor, seq_len: int = 1024, batch_size: int = 
     st = stats(model, cumulative=True)
     mode = get_mode(model)
     flops = gflops_per_token(model, None if mode == "dense" else st["per_layer"], context=seq_len // 2)
+    blocks = block_sparsity(model) if mode != "dense" else [0.0] * len(st["per_layer"])
     return {
         "perplexity": math.exp(float(nll) / count),
         "ffn_sparsity": st["ffn_sparsity"] if mode != "dense" else 0.0,
+        "block_sparsity": sum(blocks) / len(blocks),
         "per_layer_sparsity": st["per_layer"],
+        "per_layer_block_sparsity": blocks,
         "gflops_per_token": flops["gflops_per_token"],
         "tokens": count,
         "mode": mode,
