@@ -150,3 +150,17 @@ def test_train_config_validation():
         lte.TrainConfig(target_sparsity=1.5)
     with pytest.raises(lte.config.ConfigError, match="unknown TrainConfig"):
         lte.TrainConfig.from_dict({"stage_one": 3})
+
+
+def test_stats_mask_survives_deepcopy():
+    import copy
+    model = tiny_llama()
+    lte.sparsify(model, lte.LTEConfig(expert_size=16, router_bias_init=0.0, router_init_std=3.0), progress=False)
+    twin = copy.deepcopy(model)
+    lte.set_mode(twin, "hard")
+    padded = torch.randint(0, 96, (1, 12))
+    mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 4)], 1).long()
+    with torch.no_grad():
+        twin(padded, attention_mask=mask)
+    assert lte.stats(twin)["tokens"] == 8
+    assert model.lte_state.token_mask is None  # the original was not touched

@@ -15,11 +15,11 @@ from .ffn import LTEFFN, LTEState
 from .grouping import group_neurons, permute
 
 
-def _capture_mask_hook(state: LTEState):
-    def hook(module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        state.token_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-    return hook
+def _capture_mask(module, args, kwargs) -> None:
+    """Forward pre-hook on the model: record the real-token mask for its LTE layers. It looks
+    the state up on the module it runs for, so deep copies of a model keep working."""
+    mask = kwargs.get("attention_mask")
+    module.lte_state.token_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
 def _collect_activations(model: nn.Module, sites, weights: list[FFNWeights], calibration: Iterable,
@@ -104,7 +104,7 @@ def sparsify(model: nn.Module, cfg: LTEConfig | None = None, calibration: Iterab
         adapter.install(site, new)
     model.lte_config = cfg
     model.lte_state = state
-    model.lte_hook = model.register_forward_pre_hook(_capture_mask_hook(state), with_kwargs=True)
+    model.lte_hook = model.register_forward_pre_hook(_capture_mask, with_kwargs=True)
     return model
 
 
