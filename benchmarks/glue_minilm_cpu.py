@@ -26,8 +26,7 @@ import torch
 import lte
 from lte.config import TrainConfig
 from lte.glue import ClassificationData, SequenceClassificationTask, glue_split, parse_task
-from lte.pipeline import make_teacher_from_dense
-from lte.train import finetune_dense, train
+from lte.train import finetune_dense, make_teacher, train
 
 
 def main() -> None:
@@ -85,7 +84,7 @@ def main() -> None:
     record("dense (same budget)", as_lte(model), a.dense_steps + extra, None, t_dense + time.time() - t)
     del model
 
-    teacher = make_teacher_from_dense(start)
+    teacher = make_teacher(start)
     lte.sparsify(start, lte.LTEConfig(separability_weight=0.0, seed=a.seed), progress=False)
     tcfg = TrainConfig(stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps, lr=a.lte_lr,
                        distill_weight=a.distill_weight, target_sparsity=a.target_sparsity, eval_every=10_000,

@@ -27,8 +27,7 @@ import torch
 import lte
 from lte.data import load_texts, pack, split_tail, tokenize
 from lte.evaluate import perplexity
-from lte.pipeline import make_teacher_from_dense
-from lte.train import finetune_dense, train
+from lte.train import finetune_dense, make_teacher, train
 
 
 def main() -> None:
@@ -123,7 +122,7 @@ def main() -> None:
     for target in [float(t) for t in a.targets.split(",") if t]:
         model.load_state_dict(dense_state)
         m = copy.deepcopy(model)
-        teacher = make_teacher_from_dense(model)
+        teacher = make_teacher(model)
         lcfg = lte.LTEConfig(router_bias_init=a.router_bias_init, separability_weight=a.separability_weight,
                              efficiency_loss=a.efficiency_loss)
         lte.sparsify(m, lcfg, progress=False)

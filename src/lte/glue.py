@@ -420,9 +420,9 @@ def run_train_task(a, device: str) -> dict:
     model with a fresh head, (dense fine-tune), sparsify, two LTE stages, save, score on dev."""
     from .io import save
     from .models import load_model
-    from .pipeline import build_configs, make_teacher_from_dense
+    from .pipeline import build_configs
     from .sparsify import set_mode, sparsify
-    from .train import finetune_dense, seed_everything, train
+    from .train import finetune_dense, make_teacher, seed_everything, train
 
     a = argparse.Namespace(**vars(a))
     if a.seq_len is None:
@@ -450,7 +450,7 @@ def run_train_task(a, device: str) -> dict:
     progress = not a.no_progress
     if a.dense_steps and not a.resume:
         finetune_dense(model, tcfg, train_data, a.dense_steps, progress=progress, task=task)
-    teacher = make_teacher_from_dense(model) if tcfg.distill_weight > 0 else None
+    teacher = make_teacher(model) if tcfg.distill_weight > 0 else None
     n_cal = min(64, len(train_data))
     calib = [task.model_inputs(train_data.batch(torch.arange(i, min(i + 8, n_cal)))) for i in range(0, n_cal, 8)]
     sparsify(model, lcfg, calibration=calib, progress=progress)

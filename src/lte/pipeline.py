@@ -81,7 +81,7 @@ def run_train(a, device: str) -> dict:
     val_blocks = pack(tokenize(val_texts, tok), tcfg.seq_len)
     if a.dense_steps and not a.resume:
         finetune_dense(model, tcfg, train_blocks, a.dense_steps, progress=not a.no_progress)
-    teacher = make_teacher_from_dense(model) if tcfg.distill_weight > 0 else None
+    teacher = make_teacher(model) if tcfg.distill_weight > 0 else None
     calib = [train_blocks[i:i + 4] for i in range(0, min(32, len(train_blocks)), 4)]
     sparsify(model, lcfg, calibration=calib, progress=not a.no_progress)
     summary = train(model, tcfg, train_blocks, val_blocks, out, tokenizer=tok, teacher=teacher,
@@ -90,16 +90,6 @@ def run_train(a, device: str) -> dict:
     summary["model_dir"] = str(out / "model")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def make_teacher_from_dense(model):
-    """A frozen copy of a plain (not yet sparsified) model."""
-    import copy
-    teacher = copy.deepcopy(model)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
 
 
 def run_eval(a, device: str) -> dict:
@@ -146,7 +136,7 @@ def run_train_generation(a, device: str) -> dict:
     task = SFTTask()
     if a.dense_steps and not a.resume:
         finetune_dense(model, tcfg, train_data, a.dense_steps, progress=not a.no_progress, task=task)
-    teacher = make_teacher_from_dense(model) if tcfg.distill_weight > 0 else None
+    teacher = make_teacher(model) if tcfg.distill_weight > 0 else None
     n_cal = min(32, len(train_data))
     calib = [train_data.batch(torch.arange(i, min(i + 4, n_cal))) for i in range(0, n_cal, 4)]
     sparsify(model, lcfg, calibration=calib, progress=not a.no_progress)
@@ -298,7 +288,7 @@ def run_demo(a, device: str) -> dict:
     val_ids = tokenize(val_texts, tok, add_eos=True)
     print(f"[lte demo] data: {source}; {train_blocks.numel()} training tokens, {val_ids.numel()} held-out tokens",
           flush=True)
-    teacher = make_teacher_from_dense(model)
+    teacher = make_teacher(model)
     lcfg = LTEConfig(seed=a.seed, separability_weight=0.0)  # the recipe measured best (BENCHMARKS.md)
     sparsify(model, lcfg, progress=progress)
     set_mode(model, "dense")

@@ -55,9 +55,10 @@ def seed_everything(seed: int) -> None:
 
 
 def make_teacher(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen dense copy of an LTE model, for distillation."""
+    """A frozen dense copy of a model (LTE or plain), for distillation."""
     teacher = copy.deepcopy(model)
-    set_mode(teacher, "dense")
+    if getattr(teacher, "lte_config", None) is not None:
+        set_mode(teacher, "dense")
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

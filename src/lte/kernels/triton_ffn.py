@@ -47,6 +47,23 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
+def _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, HAS_RB: tl.constexpr):
+    """Router logits of expert ``e`` for every token (fp32), shared by both kernel variants."""
+    racc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        offs_k = k0 + offs_kb
+        k_ok = offs_k < D
+        xt = tl.load(x_ptr + offs_n[:, None] * D + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        rw = tl.load(rw_ptr + e * D + offs_k, mask=k_ok, other=0.0)
+        racc += xt.to(tl.float32) * rw.to(tl.float32)[None, :]
+    logit = tl.sum(racc, axis=1)
+    if HAS_RB:
+        logit += tl.load(rb_ptr + e).to(tl.float32)
+    return logit
+
+
+@triton.jit
 def _act(g, ACT: tl.constexpr):
     """Activation in fp32: 0 silu, 1 gelu (erf), 2 gelu (tanh), 3 relu."""
     if ACT == 0:
@@ -88,16 +105,7 @@ def _fused_kernel(
     offs_kb = tl.arange(0, BLOCK_K)
 
     # Router logits of expert e for every token, fp32.
-    racc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        offs_k = k0 + offs_kb
-        k_ok = offs_k < D
-        xt = tl.load(x_ptr + offs_n[:, None] * D + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        rw = tl.load(rw_ptr + e * D + offs_k, mask=k_ok, other=0.0)
-        racc += xt.to(tl.float32) * rw.to(tl.float32)[None, :]
-    logit = tl.sum(racc, axis=1)
-    if HAS_RB:
-        logit += tl.load(rb_ptr + e).to(tl.float32)
+    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N, BLOCK_K, HAS_RB)
     sel = (logit > threshold) & n_ok
     if sub == 0:
         tl.store(mask_ptr + offs_n * E + e, sel.to(tl.int8), mask=n_ok)
@@ -172,16 +180,7 @@ def _router_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_kb = tl.arange(0, BLOCK_K)
-    racc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        offs_k = k0 + offs_kb
-        k_ok = offs_k < D
-        xt = tl.load(x_ptr + offs_n[:, None] * D + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        rw = tl.load(rw_ptr + e * D + offs_k, mask=k_ok, other=0.0)
-        racc += xt.to(tl.float32) * rw.to(tl.float32)[None, :]
-    logit = tl.sum(racc, axis=1)
-    if HAS_RB:
-        logit += tl.load(rb_ptr + e).to(tl.float32)
+    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N, BLOCK_K, HAS_RB)
     tl.store(mask_ptr + offs_n * E + e, ((logit > threshold) & n_ok).to(tl.int8), mask=n_ok)
     offs_s = tl.arange(0, BLOCK_S)
     zmask = n_ok[:, None] & (offs_s < S)[None, :]
