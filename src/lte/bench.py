@@ -61,26 +61,39 @@ def dense_copy(model: nn.Module) -> nn.Module:
     return dense
 
 
-def _prompt(tok, prompt_len: int, device) -> dict[str, torch.Tensor]:
-    text = ("The history of science is the study of the development of science and scientific knowledge, "
-            "including both the natural and social sciences. ") * (prompt_len // 8 + 1)
-    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :prompt_len]
+def _prompt(tok, prompt_len: int, device, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
+    """A fixed English prompt of ``prompt_len`` tokens, or seeded random ids when ``tok`` is None
+    (models with random weights have no tokenizer)."""
+    if tok is None:
+        if not vocab_size:
+            raise ValueError("a prompt without a tokenizer needs vocab_size")
+        ids = torch.randint(0, vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    else:
+        text = ("The history of science is the study of the development of science and scientific knowledge, "
+                "including both the natural and social sciences. ") * (prompt_len // 8 + 1)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :prompt_len]
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
 
-SETUPS = ("eager", "static", "static+compile")
+# eager: dynamic cache; static: static KV cache; static+compile: static cache + torch.compile
+# (mode "default"); static+cudagraphs: static cache + torch.compile(mode="reduce-overhead"),
+# the CUDA-graph setup transformers uses by default on GPUs.
+SETUPS = ("eager", "static", "static+compile", "static+cudagraphs")
 
 
-def _generate_kwargs(static: bool, compile_: bool, pad_id: int | None, new_tokens: int) -> dict[str, Any]:
+def _generate_kwargs(setup: str, pad_id: int | None, new_tokens: int) -> dict[str, Any]:
+    if setup not in SETUPS:
+        raise ValueError(f"unknown setup {setup!r}; expected one of {SETUPS}")
     kw: dict[str, Any] = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=pad_id)
-    if static:
+    if setup != "eager":
         kw["cache_implementation"] = "static"
         from transformers import CompileConfig
-        cc = CompileConfig(fullgraph=False, mode="default")
+        mode = "reduce-overhead" if setup == "static+cudagraphs" else "default"
+        cc = CompileConfig(fullgraph=False, mode=mode)
         cc._compile_all_devices = True  # transformers compiles only on accelerators unless asked
         kw["compile_config"] = cc
-        kw["disable_compile"] = not compile_
+        kw["disable_compile"] = setup == "static"
     return kw
 
 
@@ -97,36 +110,91 @@ def time_generate(model, enc: dict, kw: dict) -> float:
     return time.perf_counter() - t
 
 
+def measured_sparsity(model, enc: dict, new_tokens: int, pad_id: int | None) -> float:
+    """FFN sparsity of one eager greedy generation (the selection statistics of compiled
+    CUDA-graph runs are switched off, so sparsity is measured here, on the same prompt)."""
+    model.lte_state.track_stats = True
+    reset_stats(model)
+    time_generate(model, enc, _generate_kwargs("eager", pad_id, new_tokens))
+    return stats(model, cumulative=True)["ffn_sparsity"]
+
+
 def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256, repeats: int = 3,
-                     setups: tuple[str, ...] = ("eager", "static+compile"), progress: bool = True) -> list[dict]:
+                     setups: tuple[str, ...] = ("eager", "static+compile"), progress: bool = True,
+                     dense: nn.Module | None = None, vocab_size: int | None = None) -> list[dict]:
     """Dense vs LTE (hard mode) decode tokens/s for each setup, measured alternately; one row
-    per setup with the medians, the ratio and the FFN sparsity LTE ran at."""
+    per setup with the medians, the ratio and the FFN sparsity LTE ran at.
+
+    ``dense``: the dense reference (default: ``dense_copy(model)``; pass one to reuse it, and
+    its compiled code, across calls). ``tok=None`` uses random prompt ids (needs ``vocab_size``).
+    """
     set_mode(model, "hard")
     model.eval()
-    dense = dense_copy(model).eval()
-    enc = _prompt(tok, prompt_len, next(model.parameters()).device)
+    dense = (dense if dense is not None else dense_copy(model)).eval()
+    enc = _prompt(tok, prompt_len, next(model.parameters()).device, vocab_size)
+    pad_id = tok.pad_token_id if tok is not None else None
+    sparsity = measured_sparsity(model, enc, new_tokens, pad_id)
     rows = []
-    for setup in setups:
-        kw = _generate_kwargs(setup != "eager", "compile" in setup, tok.pad_token_id, new_tokens)
-        warm = {**kw, "max_new_tokens": min(new_tokens, 16), "min_new_tokens": min(new_tokens, 16)}
-        for m in (dense, model):  # warm-up: kernels, compilation, caches
-            time_generate(m, enc, warm)
-            time_generate(m, enc, warm)
-        td, tl = [], []
-        for r in range(repeats):
-            td.append(time_generate(dense, enc, kw))
+    try:
+        for setup in setups:
+            kw = _generate_kwargs(setup, pad_id, new_tokens)
+            model.lte_state.track_stats = setup != "static+cudagraphs"
+            warm = {**kw, "max_new_tokens": min(new_tokens, 16), "min_new_tokens": min(new_tokens, 16)}
+            for m in (dense, model):  # warm-up: kernels, compilation, caches
+                time_generate(m, enc, warm)
+                time_generate(m, enc, warm)
+            td, tl = [], []
             reset_stats(model)
-            tl.append(time_generate(model, enc, kw))
-            if progress:
-                print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[-1]:.1f} tok/s, "
-                      f"lte {new_tokens / tl[-1]:.1f} tok/s", flush=True)
-        sp = stats(model, cumulative=True)
-        d_tps, l_tps = new_tokens / statistics.median(td), new_tokens / statistics.median(tl)
-        rows.append({"setup": setup, "dense_tok_s": d_tps, "lte_tok_s": l_tps, "speedup": l_tps / d_tps,
-                     "sparsity": sp["ffn_sparsity"], "prompt_len": prompt_len, "new_tokens": new_tokens,
-                     "repeats": repeats, "backend": lte_layers(model)[0].backend,
-                     "dtype": str(next(model.parameters()).dtype).replace("torch.", "")})
+            for r in range(repeats):
+                td.append(time_generate(dense, enc, kw))
+                tl.append(time_generate(model, enc, kw))
+                if progress:
+                    print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[-1]:.1f} tok/s, "
+                          f"lte {new_tokens / tl[-1]:.1f} tok/s", flush=True)
+            sp = stats(model, cumulative=True)["ffn_sparsity"] if model.lte_state.track_stats else sparsity
+            d_tps, l_tps = new_tokens / statistics.median(td), new_tokens / statistics.median(tl)
+            rows.append({"setup": setup, "dense_tok_s": d_tps, "lte_tok_s": l_tps, "speedup": l_tps / d_tps,
+                         "sparsity": sp, "prompt_len": prompt_len, "new_tokens": new_tokens,
+                         "repeats": repeats, "backend": lte_layers(model)[0].backend,
+                         "dtype": str(next(model.parameters()).dtype).replace("torch.", "")})
+    finally:
+        model.lte_state.track_stats = True
     return rows
 
 
-__all__ = ["SETUPS", "DenseFFN", "dense_copy", "bench_generation", "time_generate"]
+@torch.no_grad()
+def calibrate_router_bias(model: nn.Module, input_ids: torch.Tensor, sparsity: float) -> list[float]:
+    """Shift each LTE layer's router biases by one constant so that ``sparsity`` of the
+    (token, expert) pairs of ``input_ids`` fall below the threshold: routers that give a
+    chosen sparsity on a model with random weights (speed benchmarks). Returns the shifts."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    layers = lte_layers(model)
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(i: int):
+        def fn(module, args):
+            captured[i] = module.router.logits(args[0].reshape(-1, args[0].shape[-1])) - module.logit_threshold
+        return fn
+
+    shifts = []
+    mode = layers[0].mode
+    set_mode(model, "dense")
+    for i, layer in enumerate(layers):  # layer by layer: later layers see the already-sparse earlier ones
+        h = layer.register_forward_pre_hook(hook(i))
+        try:
+            set_mode(model, "hard")
+            for later in layers[i:]:
+                later.mode = "dense"
+            model(input_ids=input_ids)
+        finally:
+            h.remove()
+        q = torch.quantile(captured[i].flatten().float(), sparsity).item()
+        layer.router.bias.sub_(q)
+        shifts.append(-q)
+    set_mode(model, mode)
+    return shifts
+
+
+__all__ = ["SETUPS", "DenseFFN", "dense_copy", "bench_generation", "calibrate_router_bias", "measured_sparsity",
+           "time_generate"]

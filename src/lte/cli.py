@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="timed runs per model and setup; medians reported (default 3)")
     b.add_argument("--setups", default="eager,static,static+compile",
                    help="comma list of: eager (dynamic cache), static (static KV cache), static+compile "
-                        "(static cache + torch.compile); default all three")
+                        "(static cache + torch.compile), static+cudagraphs (static cache + torch.compile "
+                        "mode reduce-overhead, CUDA only); default eager,static,static+compile")
     b.add_argument("--dtype", default="bfloat16", help="weights dtype for both models (default bfloat16)")
     b.add_argument("--backend", default="auto", help="hard-mode kernel backend: auto, reference, triton, cpu")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -260,8 +261,8 @@ def cmd_train(a) -> int:
     _check_path(a.data, "--data")
     if a.val_data:
         _check_path(a.val_data, "--val-data")
-    summary = run_train(a, device=_device(a.device))
-    from .dist import is_main_process
+    from .dist import is_main_process, local_device
+    summary = run_train(a, device=local_device(_device(a.device)))  # under a launcher: cuda -> cuda:LOCAL_RANK
     if is_main_process():
         print(json.dumps(summary, indent=2))
     return 0

@@ -41,6 +41,9 @@ class LTEState:
 
     def __init__(self) -> None:
         self.token_mask: torch.Tensor | None = None  # [B, S] bool, True = real token
+        # False skips the selection counters in hard-mode inference: CUDA-graph replay
+        # (torch.compile mode="reduce-overhead") must not keep graph outputs alive across steps.
+        self.track_stats = True
 
     def mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
         """The mask ``[B, T]`` for a layer input ``[B, T, d]`` (the last T positions, as during
@@ -180,7 +183,8 @@ class LTEFFN(nn.Module):
         y, mask = kernels.sparse_ffn_op(
             x2, self.up, self.down, self.router.weight, self.router.bias, self.gate, self.up_bias, self.gate_bias,
             self.down_bias, self.expert_size, self.act, self.logit_threshold, self.backend)
-        self._record(mask.reshape(*x.shape[:-1], -1), tmask, n_tokens)
+        if self.state.track_stats:
+            self._record(mask.reshape(*x.shape[:-1], -1), tmask, n_tokens)
         return y.reshape(x.shape)
 
     # ----------------------------------------------------------------- pluggable selection
