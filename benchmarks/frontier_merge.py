@@ -1,0 +1,73 @@
+"""Merge the results of several ``lte sweep`` output folders (one sweep split over processes
+or GPUs) into the frontier JSON, its plots and a markdown table.
+
+    python benchmarks/frontier_merge.py --out benchmarks/results/frontier_smollm2_wikitext2 DIR1 DIR2 ...
+
+writes ``OUT.json`` (a list of rows: method, target_sparsity, ffn_sparsity, block_sparsity,
+perplexity, gflops_per_token, train_tokens, ...), ``OUT_sparsity.png`` (perplexity vs
+neuron-level FFN sparsity), ``OUT_block.png`` (vs the 32-wide block sparsity a kernel gets),
+``OUT_gflops.png``, and prints a table (perplexity; block sparsity in brackets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from lte.sweep import METHODS, load_rows, plot
+
+
+def merge(dirs: list[str]) -> list[dict]:
+    """Rows of every folder; a (method, target) point found twice keeps the first folder's row."""
+    seen, rows = set(), []
+    for d in dirs:
+        for r in load_rows(Path(d)):
+            key = (r["method"], round(float(r["target_sparsity"]), 6))
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    order = list(METHODS)
+    return sorted(rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else 99, r["target_sparsity"]))
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per method, one column per target sparsity."""
+    targets = sorted({r["target_sparsity"] for r in rows if r["target_sparsity"] > 0})
+    lines = ["| method | " + " | ".join(f"{t:g}" for t in targets) + " |", "|---" * (len(targets) + 1) + "|"]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = {r["target_sparsity"]: r for r in rows if r["method"] == m}
+        if set(rs) == {0.0}:
+            lines.append(f"| {m} | " + " | ".join(f"{rs[0.0]['perplexity']:.2f}" for _ in targets) + " |")
+            continue
+        cells = [f"{rs[t]['perplexity']:.2f} ({rs[t]['ffn_sparsity']:.2f}/{rs[t]['block_sparsity']:.2f})"
+                 if t in rs else "" for t in targets]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", help="lte sweep output folders")
+    ap.add_argument("--out", required=True, help="output path prefix (no extension)")
+    ap.add_argument("--title", default="SmolLM2-135M, WikiText-2 test")
+    a = ap.parse_args()
+    rows = merge(a.dirs)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        plot(rows, Path(tmp), a.title)
+        shutil.move(Path(tmp) / "sparsity.png", f"{out}_sparsity.png")
+        shutil.move(Path(tmp) / "gflops.png", f"{out}_gflops.png")
+        block_rows = [{**r, "ffn_sparsity": r["block_sparsity"]} for r in rows]
+        plot(block_rows, Path(tmp), a.title + " (x: 32-neuron block sparsity)")
+        shutil.move(Path(tmp) / "sparsity.png", f"{out}_block.png")
+    print(table(rows))
+    print("cells: perplexity (neuron-level FFN sparsity / 32-wide block sparsity)")
+
+
+if __name__ == "__main__":
+    main()
