@@ -293,6 +293,28 @@ def compute_metrics(spec: TaskSpec, preds: torch.Tensor, labels: torch.Tensor) -
 
 
 # ------------------------------------------------------------------------------ the task
+@torch.no_grad()
+def selected_blocks(layer, x: torch.Tensor) -> torch.Tensor:
+    """``[..., E]`` bool: the expert blocks ``layer`` (an ``LTEFFN`` in soft/hard mode) runs for
+    each token of ``x``: its router's choice, or, with a baseline ``selector`` set, the blocks
+    holding any neuron the selector keeps."""
+    from .kernels.reference import activation
+
+    sel = layer.selector
+    if sel is None:
+        return layer.router.logits(x) > layer.logit_threshold
+    xin = sel.transform_input(layer, x)
+    u = F.linear(xin, layer.up, layer.up_bias)
+    a = activation(F.linear(xin, layer.gate, layer.gate_bias) if layer.gate is not None else u, layer.act)
+    s = sel.select(layer, x, a, a * u if layer.gate is not None else a)
+    keep = torch.ones((*x.shape[:-1], layer.up.shape[0]), dtype=torch.bool, device=x.device)
+    if s.block is not None:
+        keep &= (s.block != 0).repeat_interleave(layer.expert_size, dim=-1)
+    if s.neuron is not None:
+        keep &= s.neuron != 0
+    return keep.unflatten(-1, (layer.n_experts, layer.expert_size)).any(-1)
+
+
 @dataclass
 class SequenceClassificationTask:
     """Cross-entropy (or MSE for regression) on ``*ForSequenceClassification`` logits;
@@ -343,7 +365,7 @@ class SequenceClassificationTask:
                 if module.mode == "dense":
                     return
                 x = args[0]
-                mask = module.router.logits(x) > module.logit_threshold
+                mask = selected_blocks(module, x)
                 tm = module.state.mask_for(x)
                 mask = mask[tm] if tm is not None else mask.reshape(-1, mask.shape[-1])
                 if mask.shape[0]:

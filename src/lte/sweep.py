@@ -176,6 +176,12 @@ def load_rows(out: Path) -> list[dict]:
     path = Path(out) / "results.json"
     if not path.is_file():
         return []
+    return read_rows_file(path)
+
+
+def read_rows_file(path: str | os.PathLike) -> list[dict]:
+    """A results file holding a JSON list of row objects (one-line errors otherwise)."""
+    path = Path(path)
     try:
         rows = json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -109,6 +109,10 @@ def _one_batch(calibration: Iterable) -> dict[str, torch.Tensor]:
     if not batches:
         raise ValueError("calibration data is empty")
     keys = batches[0].keys()
+    width = max(b["input_ids"].shape[-1] for b in batches) if "input_ids" in keys else None
+    if width is not None and "attention_mask" in keys:  # padded batches (encoders): right-pad to one width
+        batches = [{k: F.pad(v, (0, width - v.shape[-1])) if v.dim() == 2 else v for k, v in b.items()}
+                   for b in batches]  # pads ids, mask and token types with 0 (mask 0 = padding)
     try:
         return {k: torch.cat([b[k] for b in batches]) for k in keys}
     except RuntimeError as e:
@@ -224,22 +228,27 @@ def abs_quantile(v: torch.Tensor, q: float, tmask: torch.Tensor | None = None, m
 
 
 # ---------------------------------------------------------------------------- adaptation
-def adapt(model: nn.Module, tcfg: TrainConfig, train_blocks: torch.Tensor, steps: int, teacher: nn.Module | None = None,
-          aux_weight: float = 0.0, progress: bool = False, desc: str = "adapt") -> list[float]:
+def adapt(model: nn.Module, tcfg: TrainConfig, train_blocks, steps: int, teacher: nn.Module | None = None,
+          aux_weight: float = 0.0, progress: bool = False, desc: str = "adapt", task=None) -> list[float]:
     """Fine-tune ``model`` in its current mode (its selectors active) for ``steps`` optimizer
-    steps on packed LM blocks: the "model adaptation" every trained baseline gets, with the
-    same optimizer, schedule, batch and distillation as LTE's stages (``tcfg``).
+    steps: the "model adaptation" every trained baseline gets, with the same optimizer,
+    schedule, batch and distillation as LTE's stages (``tcfg``). ``train_blocks``: packed LM
+    blocks ``[n, seq_len]`` or any ``lte.tasks.TaskData``; ``task``: its ``lte.tasks`` task
+    (default causal LM; e.g. ``lte.glue.SequenceClassificationTask`` for encoders), whose
+    ``loss`` and ``distill`` are used.
 
     Trains every parameter except LTE's own routers (not used while a selector is set) and
     the parameters of selectors that are not ``trainable`` (post-hoc predictors). ``aux_weight`` scales selectors'
     ``aux_loss`` (e.g. load balancing of top-k routers). Returns per-step losses.
     """
     from ..data import batch_indices
-    from ..losses import distillation_loss
+    from ..tasks import CausalLMTask, as_task_data
     from ..train import _lr_lambda, seed_everything
 
     if steps <= 0:
         return []
+    data = as_task_data(train_blocks)
+    task = task or CausalLMTask()
     device = next(model.parameters()).device
     mp = tcfg.mixed_precision
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get("bf16" if mp == "auto" and device.type == "cuda" else mp)
@@ -261,18 +270,18 @@ def adapt(model: nn.Module, tcfg: TrainConfig, train_blocks: torch.Tensor, steps
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(tcfg.grad_accum):
-            idx = batch_indices(len(train_blocks), tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed)
-            x = train_blocks[idx].to(device)
+            idx = batch_indices(len(data), tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed)
+            batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+            inputs = task.model_inputs(batch)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(input_ids=x).logits
+                logits = model(**inputs).logits
                 t_logits = None
                 if a > 0:
                     with torch.no_grad():
-                        t_logits = teacher(input_ids=x).logits
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+                        t_logits = teacher(**inputs).logits
+            loss = task.loss(logits, batch)
             if t_logits is not None:
-                loss = (1 - a) * loss + a * distillation_loss(logits[:, :-1], t_logits[:, :-1],
-                                                              temperature=tcfg.distill_temperature)
+                loss = (1 - a) * loss + a * task.distill(logits, t_logits, batch, tcfg.distill_temperature)
             if aux_weight > 0:
                 aux = [s.aux_loss for s in sels if getattr(s, "aux_loss", None) is not None]
                 if aux:
