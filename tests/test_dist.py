@@ -14,8 +14,10 @@ import pytest
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = False, fsdp: bool = False) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LTE_FSDP": "1" if fsdp else "0"}
+def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = False, fsdp: bool = False,
+         perturb: bool = False) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LTE_FSDP": "1" if fsdp else "0",
+           "LTE_TEST_PERTURB": "1" if perturb else "0"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
         env.pop(k, None)
     args = [str(WORKER), str(out), str(batch), str(s1), str(s2), "1" if resume else "0"]
@@ -28,9 +30,9 @@ def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = Fal
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def _losses(out: Path) -> dict[int, float]:
+def _losses(out: Path, key: str = "loss") -> dict[int, float]:
     recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs if r.get("kind") == "train"}
+    return {r["step"]: r[key] for r in recs if r.get("kind") == "train"}
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
@@ -43,8 +45,21 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, fsdp):
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    # throughput counts the global batch's tokens (4 blocks of 24), not one process's slice
+    assert set(_losses(tmp_path / "two", "tokens").values()) == set(_losses(tmp_path / "one", "tokens").values()) == {96}
+    assert summary["train_tokens"] == 6 * 96
     # a checkpoint written by 2 processes (stage 1 only) resumes on 1 process to the same end
     _run(tmp_path / "cut", 2, 2, 4, 0, fsdp=fsdp)
     _run(tmp_path / "cut", 1, 4, 4, 2, resume=True)
     cut = _losses(tmp_path / "cut")
     assert cut[6] == pytest.approx(one[6], rel=1e-4, abs=1e-5)
+
+
+def test_fsdp_takes_rank0_weights(tmp_path):
+    """Ranks that built different weights (e.g. a loader that leaves non-zero ranks empty) still
+    train rank 0's model under FSDP: the same losses as one process."""
+    _run(tmp_path / "one", 1, 4, 3, 0)
+    _run(tmp_path / "two", 2, 2, 3, 0, fsdp=True, perturb=True)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)

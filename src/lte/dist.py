@@ -9,9 +9,16 @@ process writes logs and checkpoints. With one process nothing is wrapped and not
 FSDP (full sharding, PyTorch's ``fully_shard``) replaces DDP when the launch asks for it:
 ``accelerate launch --use_fsdp ...`` (or an accelerate config with ``distributed_type: FSDP``,
 which sets ``ACCELERATE_USE_FSDP=true``), or ``LTE_FSDP=1`` under torchrun. Every
-transformer block holding an LTE FFN (its router included) is one FSDP unit, then the
-root. Models and checkpoints are gathered to full tensors on save, so a checkpoint resumes
-on any number of processes with or without sharding.
+transformer block holding an LTE FFN (its router included) is one FSDP unit (for a plain
+model, e.g. the distillation teacher: each block named in ``_no_split_modules``), then the
+root. Before sharding, rank 0's parameters and buffers are broadcast to every rank (FSDP2,
+unlike DDP, does not synchronise them), so ranks can never shard different groupings.
+Mixed precision on GPU is bf16 autocast, as on one GPU; parameters are gathered in fp32 by
+default so the routers' logits stay fp32 (``Router`` casts to fp32, which cannot undo a
+bf16 gather); ``LTE_FSDP_PARAM_DTYPE=bfloat16`` gathers in bf16 instead (half the
+all-gather traffic; routers then see bf16-rounded weights and biases). Gradients are
+reduced in fp32. Models and checkpoints are gathered to full tensors on save, so a
+checkpoint resumes on any number of processes with or without sharding.
 """
 
 from __future__ import annotations
@@ -53,6 +60,52 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def local_device(device: str) -> str:
+    """``device`` for this process: plain "cuda" becomes "cuda:LOCAL_RANK" under a
+    multi-process launch (and is made current), so each rank loads its model on its own GPU
+    instead of every rank loading onto GPU 0 first."""
+    if device != "cuda" or not launched_distributed() or "LOCAL_RANK" not in os.environ:
+        return device
+    idx = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available() and idx < torch.cuda.device_count():
+        torch.cuda.set_device(idx)
+        return f"cuda:{idx}"
+    return device
+
+
+def fsdp_param_dtype() -> torch.dtype | None:
+    """The dtype FSDP gathers parameters in on GPU: None (fp32, the default) or the value of
+    ``LTE_FSDP_PARAM_DTYPE`` (bfloat16 / float16)."""
+    name = os.environ.get("LTE_FSDP_PARAM_DTYPE", "").strip().lower()
+    if name in ("", "none", "float32", "fp32"):
+        return None
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"LTE_FSDP_PARAM_DTYPE={name!r}: expected float32, bfloat16 or float16")
+    return table[name]
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards one by one: blocks holding an LTE FFN, else the blocks named in
+    the model's ``_no_split_modules`` (a plain model such as the distillation teacher)."""
+    from .ffn import LTEFFN
+    blocks = [m for m in model.modules() if any(isinstance(c, LTEFFN) for c in m.children())]
+    if blocks:
+        return blocks
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
+
+
+def broadcast_from_main(model: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into every other rank's model (collective)."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 class DistEnv:
     """Rank, world size and the few collective operations the trainer needs."""
 
@@ -68,19 +121,18 @@ class DistEnv:
         self.fsdp = self.acc is not None and fsdp_requested()
 
     def shard(self, model: nn.Module, param_dtype: torch.dtype | None = None) -> nn.Module:
-        """Apply FSDP to ``model`` in place (once; no-op without FSDP): each block holding an
-        LTE FFN is a unit, then the root. ``param_dtype`` (bf16 on GPU) is the dtype
-        parameters are gathered and computed in; gradients are reduced in fp32."""
+        """Apply FSDP to ``model`` in place (once; no-op without FSDP): rank 0's weights are
+        broadcast, then each of ``shard_units`` is a unit, then the root. ``param_dtype``
+        (GPU only; None = fp32) is the dtype parameters are gathered in; gradients are
+        reduced in fp32."""
         if not self.fsdp or is_sharded(model):
             return model
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         kw = {}
         if param_dtype is not None and self.acc.device.type == "cuda":
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-
-        from .ffn import LTEFFN
-        blocks = [m for m in model.modules() if any(isinstance(c, LTEFFN) for c in m.children())]
-        for block in blocks:
+        broadcast_from_main(model)
+        for block in shard_units(model):
             fully_shard(block, **kw)
         fully_shard(model, **kw)
         return model

@@ -88,7 +88,9 @@ def run_train(a, device: str) -> dict:
                     resume=a.resume, progress=not a.no_progress)
     save(model, out / "model", tok, extra={"train_config": tcfg.to_dict(), "summary": summary})
     summary["model_dir"] = str(out / "model")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from .dist import is_main_process
+    if is_main_process():  # one writer under a multi-process launch
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -12,6 +12,14 @@ data order that depends only on the step (so a resumed run sees the same batches
 JSONL logs (and TensorBoard when installed), evaluation every N steps, and atomic
 checkpoints every N steps and at each stage's end. ``resume=True`` continues from
 ``out_dir/checkpoint``.
+
+Throughput: each train record carries ``tokens`` (real input tokens of the step over all
+processes: attention-mask tokens when the batch has a mask, else every token), ``step_s``
+(wall time of the step, CUDA synchronised) and ``tokens_per_s`` = tokens / step_s; logged
+records add ``interval_tokens`` / ``interval_s`` / ``interval_steps`` summed over every step
+since the previous logged record (so a logged rate covers all steps, not a sample), and on
+CUDA ``peak_mem_gb`` (this process's peak allocated memory). ``train_tokens`` in the summary
+is the sum of ``tokens``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .controller import SparsityController
 from .data import batch_indices
-from .dist import DistEnv, is_sharded
+from .dist import DistEnv, fsdp_param_dtype, is_sharded
 from .io import WEIGHTS_FILE, save
 from .losses import router_losses
 from .sparsify import lte_layers, router_parameters, set_mode, stats
@@ -63,6 +71,14 @@ def make_teacher(model: torch.nn.Module) -> torch.nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Input tokens of a batch that are not padding (attention-mask ones, else all ``input_ids``)."""
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    return int(batch["input_ids"].numel())
 
 
 def _lr_lambda(total: int, warmup: int, schedule: str):
@@ -137,6 +153,8 @@ class Trainer:
             eta_max=tcfg.eta_max, separability=self.lte_cfg.separability_weight,
             separability_ramp=tcfg.separability_ramp, bias_gain=tcfg.bias_control_gain)
         self.step = 0
+        self.tokens_seen = 0  # real (non-padding) input tokens trained on, over all processes
+        self._interval = [0, 0.0, 0]  # tokens, seconds, steps since the last logged record
         self.opt = self.sched = None
         self._stage_built = None
         self.run_model = model  # what forward/backward go through (DDP-wrapped when distributed)
@@ -155,9 +173,10 @@ class Trainer:
 
     def _build_stage(self, stage: int) -> None:
         cfg = self.cfg
-        self.dist.shard(self.model, self.amp_dtype)  # FSDP: shard before the optimizer sees the parameters
+        pdt = fsdp_param_dtype()  # None: gather fp32 (routers stay fp32); bf16 compute comes from autocast
+        self.dist.shard(self.model, pdt)  # FSDP: shard before the optimizer sees the parameters
         if self.teacher is not None:
-            self.dist.shard(self.teacher, self.amp_dtype)
+            self.dist.shard(self.teacher, pdt)
         routers = set(map(id, router_parameters(self.model)))
         body = [p for p in self.model.parameters() if id(p) not in routers]
         for p in body:
@@ -216,11 +235,13 @@ class Trainer:
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
         spars = []
+        n_tokens = 0
         self.opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
             idx = self.dist.slice_batch(batch_indices(len(self.train_data), cfg.batch_size * self.dist.world,
                                                 step * cfg.grad_accum + micro, cfg.seed))
             batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
+            n_tokens += real_tokens(batch)
             loss, parts = self._loss(batch, stage, local)
             (loss / cfg.grad_accum).backward()
             spars.append(stats(self.model)["ffn_sparsity"])
@@ -233,8 +254,9 @@ class Trainer:
         self.sched.step()
         sparsity = sum(spars) / len(spars)
         if self.dist.world > 1:  # every process must see the same numbers to take the same control action
-            avg = self.dist.mean({**totals, "sparsity": sparsity})
+            avg = self.dist.mean({**totals, "sparsity": sparsity, "_tokens": n_tokens})
             sparsity = avg.pop("sparsity")
+            n_tokens = int(round(avg.pop("_tokens") * self.dist.world))  # global: the sum over processes
             totals = avg
         shift = 0.0
         if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
@@ -246,24 +268,31 @@ class Trainer:
             with torch.no_grad():
                 for layer in self.layers:
                     layer.router.bias.add_(shift)
+        gnorm = float(gnorm)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's kernels (optimizer included) are done
+        dt = time.perf_counter() - t0
+        self.tokens_seen += n_tokens
+        self._interval = [self._interval[0] + n_tokens, self._interval[1] + dt, self._interval[2] + 1]
         rec = {"kind": "train", "step": step + 1, "stage": stage, **totals, "sparsity": sparsity,
-               "grad_norm": float(gnorm), "lr": self.sched.get_last_lr()[0],
-               "tokens_per_s": cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist.world
-               / (time.perf_counter() - t0)}
+               "grad_norm": gnorm, "lr": self.sched.get_last_lr()[0],
+               "tokens": n_tokens, "step_s": dt, "tokens_per_s": n_tokens / dt}
+        if self.device.type == "cuda":
+            rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         if stage == 1 and self.controller.target is not None:
             rec["target"] = self.controller.target_at(local)
         self.step += 1
         return rec
 
     # ------------------------------------------------------------------ eval / checkpoint
-    def evaluate(self, mode: str | None = None, max_windows: int | None = None) -> dict:
-        """The task's metric and sparsity on the validation data, in ``mode`` (default hard)."""
+    def evaluate(self, mode: str | None = None, max_batches: int | None = None) -> dict:
+        """The task's metric and sparsity on the validation data, in ``mode`` (default hard),
+        over at most ``max_batches`` batches of ``batch_size`` (None: all of it)."""
         if self.val_data is None:
             return {}
         prev = self.layers[0].mode
         set_mode(self.model, mode or "hard")
-        res = self.task.evaluate(self.model, self.val_data, self.cfg.batch_size,
-                                 None if max_windows is None else max(max_windows // self.cfg.batch_size, 1))
+        res = self.task.evaluate(self.model, self.val_data, self.cfg.batch_size, max_batches)
         set_mode(self.model, prev)
         return res
 
@@ -280,7 +309,7 @@ class Trainer:
         if not self.dist.is_main:
             self.dist.barrier()
             return path
-        state = {"step": self.step, "stage": self._stage_built, "optimizer": optim,
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "stage": self._stage_built, "optimizer": optim,
                  "scheduler": self.sched.state_dict() if self.sched else None,
                  "controller": self.controller.state_dict(), "rng": torch.get_rng_state(),
                  "train_config": self.cfg.to_dict()}
@@ -300,6 +329,9 @@ class Trainer:
         if hasattr(self.model, "tie_weights"):
             self.model.tie_weights()
         self.step = state["step"]
+        cfg = self.cfg  # checkpoints written before tokens were counted: every position was a token
+        self.tokens_seen = state.get("tokens_seen", self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len
+                                     * self.dist.world)
         self.controller.load_state_dict(state["controller"])
         torch.set_rng_state(state["rng"])
         if state["stage"] is not None and self.step < self.total_steps:
@@ -326,8 +358,10 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 rec = self.train_step()
-                if rec["step"] % cfg.log_every == 0 or rec["step"] == self.total_steps:
-                    self.logger.log(rec)
+                if rec["step"] % cfg.log_every == 0 or rec["step"] in (cfg.stage1_steps, self.total_steps):
+                    tokens, secs, steps = self._interval
+                    self._interval = [0, 0.0, 0]
+                    self.logger.log({**rec, "interval_tokens": tokens, "interval_s": secs, "interval_steps": steps})
                 post = {"stage": rec["stage"], "loss": f"{rec['loss']:.3f}", "sparsity": f"{rec['sparsity']:.2f}"}
                 if "eta" in rec:
                     post["eta"] = f"{rec['eta']:.3g}"
@@ -335,7 +369,7 @@ class Trainer:
                 bar.update(1)
                 boundary = self.step == cfg.stage1_steps or self.step == self.total_steps
                 if self.val_data is not None and (self.step % cfg.eval_every == 0 or boundary):
-                    ev = self.evaluate(max_windows=cfg.eval_batches * cfg.batch_size)
+                    ev = self.evaluate(max_batches=cfg.eval_batches)
                     self.logger.log({"kind": "eval", "step": self.step, "stage": rec["stage"],
                                      **{k: v for k, v in ev.items() if isinstance(v, (int, float))}})
                 if self.step % cfg.save_every == 0 or boundary:
@@ -344,7 +378,7 @@ class Trainer:
             bar.close()
         set_mode(self.model, "hard")
         self.model.eval()
-        summary = {"steps": self.step, "train_tokens": self.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist.world,
+        summary = {"steps": self.step, "train_tokens": self.tokens_seen,
                    "final_eta": self.controller.eta, "processes": self.dist.world,
                    "parallel": "fsdp" if self.dist.fsdp else ("ddp" if self.dist.world > 1 else "none")}
         if self.val_data is not None:
