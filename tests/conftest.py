@@ -81,3 +81,59 @@ def smol_model(_smol_loaded):
     import copy
     model, tok = _smol_loaded
     return copy.deepcopy(model), tok
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes
+    each small matmul ~100x slower; restore the thread count afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- tiny encoders + GLUE
+BERT_WORDS = ("the a is it not good bad movie film man woman dog cat yes no and of to was very fun dull plot "
+              "acting great awful story").split()
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tmp_path_factory):
+    """A tiny offline BERT word-piece tokenizer (fewer than 96 entries, tiny_bert's vocabulary)."""
+    from transformers import BertTokenizerFast
+    d = tmp_path_factory.mktemp("tok")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, *"abcdefghijklmnopqrstuvwxyz.,'!?"]
+    vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    assert len(vocab) <= 96  # ids fit tiny_bert's embedding table
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
+    tok.save_pretrained(d)
+    return tok
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path, bert_tokenizer):
+    """A local Hugging Face folder: tiny random BERT classifier (2 labels, FFN 128 wide) + tokenizer."""
+    from test_encoders import tiny_bert
+    d = tmp_path / "tiny-bert"
+    tiny_bert(num_labels=2).save_pretrained(d)
+    bert_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def synthetic_glue(tmp_path):
+    """A GLUE folder with a small learnable RTE (train 24, dev 12 rows; label: 'good' in the premise)."""
+    g = torch.Generator().manual_seed(0)
+    root = tmp_path / "glue"
+    (root / "RTE").mkdir(parents=True)
+    for split, n in (("train", 24), ("dev", 12)):
+        lines = ["index\tsentence1\tsentence2\tlabel"]
+        for i in range(n):
+            w = [BERT_WORDS[int(j)] for j in torch.randint(0, len(BERT_WORDS), (7,), generator=g)]
+            label = "entailment" if "good" in w[:4] else "not_entailment"
+            lines.append(f"{i}\t{' '.join(w[:4])}\t{' '.join(w[4:])}\t{label}")
+        (root / "RTE" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root

@@ -13,15 +13,7 @@ from lte import baselines as B
 from lte.evaluate import gflops_per_token, perplexity
 from lte.sparsify import lte_layers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes
-    each small matmul ~100x slower; restore the thread count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ES = 16  # tiny models: f = 128 -> 8 experts of 16
 

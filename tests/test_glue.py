@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BERT_WORDS as WORDS
 from test_encoders import tiny_bert
 
 import lte
@@ -29,24 +30,6 @@ from lte.sparsify import lte_layers
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not (GLUE / "RTE" / "dev.tsv").is_file(), reason=f"GLUE data not found at {GLUE}")
-
-WORDS = ("the a is it not good bad movie film man woman dog cat yes no and of to was very fun dull plot "
-         "acting great awful story").split()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    """A tiny offline BERT word-piece tokenizer (fewer than 96 entries, tiny_bert's vocabulary)."""
-    from transformers import BertTokenizerFast
-    d = tmp_path_factory.mktemp("tok")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,'!?"]
-    vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-    assert len(vocab) <= 96  # ids fit tiny_bert's embedding table
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
-    tok.save_pretrained(d)
-    return tok
-
 
 # ----------------------------------------------------------------------------- readers
 @needs_glue
@@ -114,14 +97,14 @@ def _examples(n: int = 12, pair: bool = False, regression: bool = False) -> Exam
     return Examples(text, list(reversed(text)) if pair else None, labels, "synthetic")
 
 
-def test_batches_pad_to_the_longest_and_mask_padding(tokenizer):
+def test_batches_pad_to_the_longest_and_mask_padding(bert_tokenizer):
     ex = _examples(pair=True)
     spec = parse_task("classification", text_pair_field="b", labels=("0", "1", "2"))
-    data = ClassificationData(ex, tokenizer, spec, max_length=16)
+    data = ClassificationData(ex, bert_tokenizer, spec, max_length=16)
     b = data.batch(torch.tensor([0, 3, 5]))
     lengths = [len(data.input_ids[i]) for i in (0, 3, 5)]
     assert b["input_ids"].shape == (3, max(lengths)) and b["attention_mask"].sum(1).tolist() == lengths
-    assert (b["input_ids"][b["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+    assert (b["input_ids"][b["attention_mask"] == 0] == bert_tokenizer.pad_token_id).all()
     assert b["token_type_ids"].max() == 1  # the second text of a pair
     assert b["labels"].tolist() == [int(ex.label[i]) for i in (0, 3, 5)]
     assert max(len(x) for x in data.input_ids) <= 16
@@ -151,11 +134,11 @@ def test_metrics_from_the_libraries():
     assert s["spearman"] == pytest.approx(1.0) and 0.8 < s["pearson"] < 1.0
 
 
-def test_evaluate_reports_sparsity_over_real_tokens_and_union(tokenizer):
+def test_evaluate_reports_sparsity_over_real_tokens_and_union(bert_tokenizer):
     model = tiny_bert(num_labels=3)
     ex = _examples(n=10)
     spec = parse_task("classification", labels=("0", "1", "2"))
-    data = ClassificationData(ex, tokenizer, spec, max_length=16)
+    data = ClassificationData(ex, bert_tokenizer, spec, max_length=16)
     task = SequenceClassificationTask(spec)
     lte.sparsify(model, lte.LTEConfig(expert_size=16, router_bias_init=0.0, router_init_std=3.0), progress=False)
     dense = task.evaluate(model, data, batch_size=4)
@@ -186,14 +169,6 @@ def test_evaluate_reports_sparsity_over_real_tokens_and_union(tokenizer):
 
 
 # ----------------------------------------------------------------------------- end to end
-@pytest.fixture
-def tiny_model_dir(tmp_path, tokenizer):
-    d = tmp_path / "tiny-bert"
-    tiny_bert(num_labels=2).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
-
-
 def _run(argv, capsys):
     rc = main(argv)
     out = capsys.readouterr()
@@ -201,13 +176,13 @@ def _run(argv, capsys):
     return out.out
 
 
-def test_cli_train_and_eval_generic_classification(tmp_path, tiny_model_dir, capsys):
+def test_cli_train_and_eval_generic_classification(tmp_path, tiny_bert_dir, capsys):
     rows = ["sentence\tlabel"] + [f"{t}\t{'pos' if 'good' in t or 'great' in t else 'neg'}"
                                   for t in _examples(n=40).text]
     (tmp_path / "train.tsv").write_text("\n".join(rows[:33]) + "\n")
     (tmp_path / "dev.tsv").write_text("\n".join([rows[0]] + rows[33:]) + "\n")
     out = tmp_path / "run"
-    _run(["train", "--task", "classification", "--model", str(tiny_model_dir), "--data", str(tmp_path / "train.tsv"),
+    _run(["train", "--task", "classification", "--model", str(tiny_bert_dir), "--data", str(tmp_path / "train.tsv"),
           "--val-data", str(tmp_path / "dev.tsv"), "--text-field", "sentence", "--out", str(out),
           "--target-sparsity", "0.5", "--stage1-steps", "6", "--stage2-steps", "3", "--batch-size", "4",
           "--expert-size", "16", "--lr", "1e-3", "--eval-every", "3", "--no-progress", "--device", "cpu"], capsys)
@@ -230,10 +205,10 @@ def test_cli_train_and_eval_generic_classification(tmp_path, tiny_model_dir, cap
 
 
 @needs_glue
-def test_cli_glue_rte_train_eval_and_errors(tmp_path, tiny_model_dir, capsys):
+def test_cli_glue_rte_train_eval_and_errors(tmp_path, tiny_bert_dir, capsys):
     out = tmp_path / "rte"
     summary = json.loads(_run(
-        ["train", "--task", "glue:rte", "--model", str(tiny_model_dir), "--data", str(GLUE), "--out", str(out),
+        ["train", "--task", "glue:rte", "--model", str(tiny_bert_dir), "--data", str(GLUE), "--out", str(out),
          "--target-sparsity", "0.5", "--stage1-steps", "2", "--stage2-steps", "1", "--batch-size", "16",
          "--seq-len", "16", "--expert-size", "16", "--no-progress", "--device", "cpu"], capsys))
     assert summary["train_examples"] == 2490 and summary["dev_examples"] == 277 and summary["seq_len"] == 16

@@ -8,19 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "glue_minilm.py"
-WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "is", "not", "big", "small", "red", "blue"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; restore the thread count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script():
@@ -30,40 +20,10 @@ def _script():
     return mod
 
 
-@pytest.fixture
-def tiny_bert_dir(tmp_path):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=2, max_position_embeddings=64)
-    out = tmp_path / "bert"
-    BertModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture
-def glue_dir(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    root = tmp_path / "glue"
-    (root / "RTE").mkdir(parents=True)
-    for split, n in (("train", 24), ("dev", 12)):
-        lines = ["index\tsentence1\tsentence2\tlabel"]
-        for i in range(n):
-            w = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (7,), generator=g)]
-            label = "entailment" if "cat" in w[:4] else "not_entailment"
-            lines.append(f"{i}\t{' '.join(w[:4])}\t{' '.join(w[4:])}\t{label}")
-        (root / "RTE" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def test_glue_bench_runs_resumes_merges_and_reports(tmp_path, tiny_bert_dir, glue_dir, capsys):
+def test_glue_bench_runs_resumes_merges_and_reports(tmp_path, tiny_bert_dir, synthetic_glue, capsys):
     mod = _script()
     out = tmp_path / "res.json"
-    args = ["--model", str(tiny_bert_dir), "--data", str(glue_dir), "--tasks", "rte", "--seeds", "0",
+    args = ["--model", str(tiny_bert_dir), "--data", str(synthetic_glue), "--tasks", "rte", "--seeds", "0",
             "--sparsities", "0.5", "--dense-epochs", "1", "--stage1-epochs", "1", "--stage2-epochs", "1",
             "--batch-size", "8", "--eval-batch-size", "6", "--seq-len", "16", "--predictor-epochs", "2",
             "--device", "cpu", "--out", str(out), "--work-dir", str(tmp_path / "work"), "--plot",

@@ -12,15 +12,7 @@ from conftest import tiny_llama
 from lte.cli import build_parser, main
 from lte.sweep import ROW_KEYS, SweepInputs, SweepSettings, expand_methods, parse_sparsities, plan, run_sweep
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes
-    each small matmul ~100x slower; restore the thread count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -128,3 +120,28 @@ def test_every_method_runs(tmp_path):
     for r in res["rows"]:
         if r["method"] not in ("base", "dense", "lte"):
             assert r["ffn_sparsity"] == pytest.approx(0.5, abs=0.1), r
+
+
+def test_sweep_on_an_encoder_glue_task(tmp_path, tiny_bert_dir, synthetic_glue, capsys):
+    """`lte sweep --task glue:rte`: a tiny BERT classifier; MoEfication and noisy top-k on the
+    encoder's GELU FFN; rows carry the task's metric instead of perplexity."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--task", "glue:rte", "--model", str(tiny_bert_dir), "--data", str(synthetic_glue),
+            "--methods", "dense,lte,moefication-router,topk-softmax", "--sparsities", "0.5", "--train-steps", "2",
+            "--dense-steps", "1", "--batch-size", "8", "--calib-tokens", "64", "--predictor-epochs", "2",
+            "--eval-batch-size", "6", "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    assert set(rows) == {"dense", "lte", "moefication-router", "topk-softmax"}
+    for r in rows.values():
+        assert r["metric"] == "accuracy" and 0.0 <= r["score"] <= 1.0 and r["accuracy"] == r["score"]
+        assert "perplexity" not in r and r["train_examples"] == (1 + 2) * 8  # dense start + the shared budget
+        assert 0.0 <= r["union_sparsity"] <= r["ffn_sparsity"] + 1e-9
+    for m in ("moefication-router", "topk-softmax"):  # 2 of the 4 experts of 32 per token
+        assert rows[m]["ffn_sparsity"] == pytest.approx(0.5) and rows[m]["block_sparsity"] == pytest.approx(0.5)
+        assert rows[m]["gflops_per_token"] < rows["dense"]["gflops_per_token"]
+    with (out / "results.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert "score" in header and "perplexity" not in header
+    assert (out / "sparsity.png").read_bytes()[:8] == PNG
+    assert main(argv) == 0 and "0 point(s) computed" in capsys.readouterr().out  # resumed

@@ -190,9 +190,15 @@ def _add_sweep_parser(sub) -> None:
                                    "Writes OUT/results.json, results.csv, sparsity.png and gflops.png after every "
                                    "point; rerunning skips finished points.")
     w.add_argument("--model", default="smollm2-135m", help="alias, local dir, .gguf file or hub name (default smollm2-135m)")
+    w.add_argument("--task", default="causal-lm",
+                   help="causal-lm (default: perplexity) or glue:NAME (sst2, cola, mrpc, rte, stsb, qnli: an encoder "
+                        "such as minilm-l6 with a fresh classification head, trained on the task's train split and "
+                        "scored on dev; --data is the GLUE folder, --seq-len defaults to 128)")
     w.add_argument("--data", required=True,
-                   help="training/calibration text; its last 10%% of lines is held out (LTE's controller check)")
-    w.add_argument("--eval-data", default=None, help="evaluation text (default: the held-out 10%% of --data)")
+                   help="training/calibration text; its last 10%% of lines is held out (LTE's controller check); "
+                        "with --task glue:NAME the GLUE folder")
+    w.add_argument("--eval-data", default=None, help="evaluation text (default: the held-out 10%% of --data; "
+                                                     "glue tasks: dev.tsv, or this file in the task's layout)")
     w.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.json (default text)")
     w.add_argument("--methods", default="lte,dense,teal,cats,dejavu,moefication,topk",
                    help="comma list of methods (base, dense, lte, teal-ffn, teal-all, cats-nofinetune, cats-finetune, "

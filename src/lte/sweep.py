@@ -22,6 +22,14 @@ Row keys: ``method``, ``target_sparsity``, ``ffn_sparsity`` (neuron level),
 weights were trained on, the starting fine-tune included), plus ``family``,
 ``calib_tokens`` (training tokens used to fit thresholds or predictors), ``eval_tokens`` and
 ``seconds``.
+
+Encoders (``task="glue:sst2"`` ..., a ``*ForSequenceClassification`` model, ``SweepInputs``
+with ``task``, ``train_data`` and ``eval_data``): the same recipes train on the task's loss
+(``lte.glue.SequenceClassificationTask``), ``seq_len`` is the longest example (default 128),
+calibration takes whole training examples up to ``calib_tokens`` real tokens, and each row
+holds the task's ``metric``, ``score`` (that metric, a fraction) and all its metrics instead of
+``perplexity``; ``train_examples`` (examples the weights trained on) replaces
+``train_tokens``, and ``union_sparsity`` (experts no token of an evaluation batch needs) is added.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ from .train import finetune_dense, make_teacher, train
 ROW_KEYS = ("method", "target_sparsity", "ffn_sparsity", "block_sparsity", "perplexity", "gflops_per_token",
             "train_tokens")
 EXTRA_KEYS = ("family", "calib_tokens", "eval_tokens", "seconds")
+# classification/regression rows: these instead of perplexity and train_tokens
+TASK_KEYS = ("metric", "score", "accuracy", "f1", "matthews_correlation", "pearson", "spearman", "union_sparsity",
+             "train_examples")
 
 # method -> family; families (and groups) expand to their methods on the command line
 METHODS: dict[str, str] = {
@@ -152,12 +163,16 @@ class SweepSettings:
 
 @dataclass
 class SweepInputs:
-    """What a sweep runs on: a plain (not yet sparsified) model and token ids (1-D)."""
+    """What a sweep runs on: a plain (not yet sparsified) model and token ids (1-D), or, for a
+    classification/regression ``task``, its ``train_data`` / ``eval_data`` (``lte.tasks.TaskData``)."""
 
     model: torch.nn.Module
-    train_ids: torch.Tensor
-    eval_ids: torch.Tensor
+    train_ids: torch.Tensor | None = None
+    eval_ids: torch.Tensor | None = None
     heldout_ids: torch.Tensor | None = None
+    task: Any = None
+    train_data: Any = None
+    eval_data: Any = None
 
 
 # ------------------------------------------------------------------------------- files
@@ -197,7 +212,9 @@ def write_outputs(out: Path, rows: list[dict], title: str = "", plots: bool = Tr
     rows = sorted(rows, key=lambda r: (list(METHODS).index(r["method"]) if r["method"] in METHODS else 99,
                                        r["target_sparsity"]))
     _atomic_write(out / "results.json", json.dumps(rows, indent=2))
-    cols = list(ROW_KEYS) + [k for k in EXTRA_KEYS if any(k in r for r in rows)]
+    task_rows = any("score" in r for r in rows)
+    cols = [k for k in ROW_KEYS if not (task_rows and k in ("perplexity", "train_tokens"))]
+    cols += [k for k in TASK_KEYS + EXTRA_KEYS if any(k in r for r in rows)]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -209,8 +226,8 @@ def write_outputs(out: Path, rows: list[dict], title: str = "", plots: bool = Tr
 
 
 def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
-    """``sparsity.png`` (perplexity vs FFN sparsity) and ``gflops.png`` (perplexity vs
-    GFLOPs/token); dense rows are horizontal lines / single points."""
+    """``sparsity.png`` (perplexity, or a task's score, vs FFN sparsity) and ``gflops.png``
+    (the same vs GFLOPs/token); dense rows are horizontal lines / single points."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -220,6 +237,8 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     out = Path(out)
+    ykey = "score" if rows and "perplexity" not in rows[0] else "perplexity"  # task rows: the task's metric
+    ylabel = rows[0].get("metric", "score") if ykey == "score" else "perplexity"
     by_method: dict[str, list[dict]] = {}
     for r in rows:
         by_method.setdefault(r["method"], []).append(r)
@@ -233,7 +252,7 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
         for method, rs in by_method.items():
             i = order.index(method) if method in order else len(order)
             rs = sorted(rs, key=lambda r: r[xkey])
-            ys = [r["perplexity"] for r in rs]
+            ys = [r[ykey] for r in rs]
             lte_ = method == "lte"
             style = dict(color="black" if lte_ else cmap(i % 20), label=method, linewidth=2.5 if lte_ else 1.3,
                          zorder=3 if lte_ else 2)
@@ -243,8 +262,10 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
                 ax.plot([r[xkey] for r in rs], ys, marker=markers[i % len(markers)],
                         linestyle="-" if len(rs) > 1 else "none", **style)
         ax.set_xlabel(xlabel)
-        ppl = [r["perplexity"] for r in rows if r["perplexity"] > 0]
-        if ppl and max(ppl) / min(ppl) > 1.5:  # log scale only where it spreads the curves
+        ppl = [r["perplexity"] for r in rows if r.get("perplexity", 0) > 0]
+        if ykey == "score":
+            ax.set_ylabel(f"{ylabel} (dev)")
+        elif ppl and max(ppl) / min(ppl) > 1.5:  # log scale only where it spreads the curves
             ax.set_ylabel("perplexity (log scale)")
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
@@ -253,7 +274,7 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
         else:
             ax.set_ylabel("perplexity")
         ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"{title}: perplexity vs {xlabel.split(' (')[0]}" if title else f"perplexity vs {xlabel}")
+        ax.set_title(f"{title}: {ylabel} vs {xlabel.split(' (')[0]}" if title else f"{ylabel} vs {xlabel}")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         tmp = out / f".{name}.tmp{os.getpid()}"
@@ -270,15 +291,19 @@ class _Context:
 
     def __init__(self, inputs: SweepInputs, s: SweepSettings, out: Path, verbose: bool) -> None:
         self.s, self.out, self.verbose = s, out, verbose
-        self.train_blocks = pack(inputs.train_ids, s.seq_len)
+        self.task = inputs.task  # None: causal LM on packed blocks
         self.heldout_blocks = None
-        if inputs.heldout_ids is not None and inputs.heldout_ids.numel() >= s.seq_len:
-            self.heldout_blocks = pack(inputs.heldout_ids, s.seq_len)
-        self.eval_ids = inputs.eval_ids
-        n_cal = max(1, -(-s.calib_tokens // s.seq_len))
-        cal = self.train_blocks[:n_cal]
-        self.calibration = [cal[i:i + s.batch_size] for i in range(0, cal.shape[0], s.batch_size)]
-        self.calib_tokens = int(cal.numel())
+        if self.task is not None:
+            self._task_data(inputs)
+        else:
+            self.train_blocks = pack(inputs.train_ids, s.seq_len)
+            if inputs.heldout_ids is not None and inputs.heldout_ids.numel() >= s.seq_len:
+                self.heldout_blocks = pack(inputs.heldout_ids, s.seq_len)
+            self.eval_ids = inputs.eval_ids
+            n_cal = max(1, -(-s.calib_tokens // s.seq_len))
+            cal = self.train_blocks[:n_cal]
+            self.calibration = [cal[i:i + s.batch_size] for i in range(0, cal.shape[0], s.batch_size)]
+            self.calib_tokens = int(cal.numel())
         model = inputs.model
         self.base_tokens = 0
         if s.dense_steps:  # the shared starting point; cached so a resumed sweep does not redo it
@@ -286,7 +311,8 @@ class _Context:
             if cache.is_file():
                 model.load_state_dict(torch.load(cache, map_location=next(model.parameters()).device))
             else:
-                finetune_dense(model, s.train_config(), self.train_blocks, s.dense_steps, progress=verbose)
+                finetune_dense(model, s.train_config(), self.train_blocks, s.dense_steps, progress=verbose,
+                               task=self.task)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
                 torch.save(model.state_dict(), tmp)
@@ -302,6 +328,20 @@ class _Context:
         self.base = model
         self._teacher = None
         self.cache: dict[Any, Any] = {}
+
+    def _task_data(self, inputs: SweepInputs) -> None:
+        """Classification: examples as they are (padded per batch); calibration = the first
+        training examples up to ``calib_tokens`` real tokens."""
+        if inputs.train_data is None or inputs.eval_data is None:
+            raise ValueError("a sweep with a task needs train_data and eval_data")
+        self.train_blocks, self.eval_data = inputs.train_data, inputs.eval_data
+        self.calibration, self.calib_tokens, i = [], 0, 0
+        while self.calib_tokens < self.s.calib_tokens and i < len(self.train_blocks):
+            b = self.task.model_inputs(self.train_blocks.batch(torch.arange(i, min(i + self.s.batch_size,
+                                                                                  len(self.train_blocks)))))
+            self.calibration.append(b)
+            self.calib_tokens += int(b["attention_mask"].sum())
+            i += self.s.batch_size
 
     def fresh(self):
         """A copy of the grouped starting model (dense mode)."""
@@ -321,7 +361,7 @@ class _Context:
     def adapt(self, model, steps: int | None = None, aux_weight: float = 0.0, desc: str = "adapt") -> int:
         steps = self.s.train_steps if steps is None else steps
         B.adapt(model, self.s.train_config(), self.train_blocks, steps, teacher=self.teacher, aux_weight=aux_weight,
-                progress=self.verbose, desc=desc)
+                progress=self.verbose, desc=desc, task=self.task)
         return steps * self.s.tokens_per_step
 
 
@@ -333,7 +373,7 @@ def _base(ctx: _Context, t: float):
 
 def _dense(ctx: _Context, t: float):
     m = ctx.fresh()
-    finetune_dense(m, ctx.s.train_config(), ctx.train_blocks, ctx.s.train_steps, progress=ctx.verbose)
+    finetune_dense(m, ctx.s.train_config(), ctx.train_blocks, ctx.s.train_steps, progress=ctx.verbose, task=ctx.task)
     set_mode(m, "dense")
     return m, ctx.s.train_steps * ctx.s.tokens_per_step, 0
 
@@ -345,9 +385,10 @@ def _lte(ctx: _Context, t: float):
     s2 = max(0, s.train_steps - s1)
     tcfg = s.train_config(stage1_steps=s1, stage2_steps=s2, target_sparsity=t, router_lr=s.router_lr)
     run_dir = ctx.out / "runs" / f"lte_{t:g}"
-    summary = train(m, tcfg, ctx.train_blocks, ctx.heldout_blocks, run_dir, teacher=ctx.teacher, progress=ctx.verbose)
+    summary = train(m, tcfg, ctx.train_blocks, ctx.heldout_blocks, run_dir, teacher=ctx.teacher, progress=ctx.verbose,
+                    task=ctx.task)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # keep the log, not the weights
-    return m, summary["train_tokens"], 0
+    return m, summary["train_tokens"] if ctx.task is None else (s1 + s2) * s.tokens_per_step, 0
 
 
 def _teal(attention: bool):
@@ -428,6 +469,8 @@ def _point(ctx: _Context, method: str, target: float) -> dict:
     t0 = time.time()
     model, tokens, calib_used = RECIPES[method](ctx, target)
     s = ctx.s
+    if ctx.task is not None:
+        return _task_point(ctx, model, method, target, tokens, calib_used, t0)
     r = perplexity(model, ctx.eval_ids, seq_len=s.eval_len, batch_size=s.eval_batch_size, max_windows=s.max_windows,
                    progress=False)
     row = {"method": method, "target_sparsity": float(target), "ffn_sparsity": r["ffn_sparsity"],
@@ -439,6 +482,26 @@ def _point(ctx: _Context, method: str, target: float) -> dict:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return row
+
+
+def _task_point(ctx: _Context, model, method: str, target: float, tokens: int, calib_used: int, t0: float) -> dict:
+    """A classification row: the task's metrics on ``eval_data`` (see module docstring)."""
+    from .evaluate import block_sparsity
+
+    s = ctx.s
+    r = ctx.task.evaluate(model, ctx.eval_data, s.eval_batch_size)
+    blocks = block_sparsity(model) if r["mode"] != "dense" else [0.0]
+    examples_per_step = s.batch_size * s.grad_accum
+    row = {"method": method, "target_sparsity": float(target), "ffn_sparsity": r["ffn_sparsity"],
+           "block_sparsity": sum(blocks) / len(blocks), "metric": r["metric"], "score": r["score"],
+           **{k: r[k] for k in ctx.task.spec.metrics}, "union_sparsity": r["union_sparsity"],
+           "gflops_per_token": r["gflops_per_token"],
+           "train_examples": (s.dense_steps + tokens // s.tokens_per_step) * examples_per_step,
+           "family": METHODS[method], "calib_tokens": calib_used, "eval_tokens": r["tokens"],
+           "seconds": round(time.time() - t0, 2)}
+    del model
+    gc.collect()
     return row
 
 
@@ -519,10 +582,18 @@ def texts_digest(*text_lists: list[str]) -> str:
 def run_cli(a) -> dict:
     """``lte sweep``: load model and data from the parsed flags and run the sweep."""
     from .data import load_texts, split_tail, tokenize
+    from .glue import is_classification_task
     from .models import load_model
 
+    task = getattr(a, "task", None) or "causal-lm"
+    if task != "causal-lm" and not is_classification_task(task):
+        raise ValueError(f"lte sweep: unsupported --task {task!r}; use causal-lm or glue:NAME")
+    if is_classification_task(task) and getattr(a, "seq_len", None) is None:
+        a.seq_len = 128  # examples, not packed blocks
     fields = {f.name for f in dataclasses.fields(SweepSettings)}
     settings = SweepSettings(**{k: getattr(a, k) for k in fields if getattr(a, k, None) is not None})
+    if is_classification_task(task):
+        return _run_task_cli(a, task, settings)
     texts = load_texts(a.data, a.text_field)
     train_texts, heldout_texts = split_tail(texts, 0.1)
     eval_texts = load_texts(a.eval_data, a.text_field) if a.eval_data else heldout_texts
@@ -538,6 +609,43 @@ def run_cli(a) -> dict:
 
     return run_sweep(a.out, a.methods, a.sparsities, prepare, settings, source, title=Path(str(a.model)).name,
                      progress=not a.no_progress, verbose=a.verbose)
+
+
+def _run_task_cli(a, task: str, settings: SweepSettings) -> dict:
+    """``lte sweep --task glue:NAME``: train on the task's train split, score on its dev split
+    (or ``--eval-data``, a file in the task's layout) with a fresh classification head."""
+    from .glue import (
+        ClassificationData,
+        SequenceClassificationTask,
+        _max_length,
+        glue_split,
+        parse_task,
+        read_rows,
+    )
+    from .models import load_model
+    from .train import seed_everything
+
+    spec = parse_task(task)
+    if spec.folder is None:
+        raise ValueError(f"lte sweep: --task {task} is not supported; use a glue:NAME task")
+    train_ex = glue_split(a.data, spec, "train")
+    eval_ex = read_rows(Path(a.eval_data), spec) if a.eval_data else glue_split(a.data, spec, "dev")
+    source = {"model": a.model, "dtype": a.dtype, "task": spec.name, "data": str(a.data),
+              "eval_data": str(a.eval_data or ""),
+              "texts": texts_digest(train_ex.text, train_ex.text_pair or [], train_ex.label, eval_ex.text,
+                                    eval_ex.text_pair or [], eval_ex.label)}
+
+    def prepare() -> SweepInputs:
+        seed_everything(settings.seed)  # the classification head's initialisation
+        model, tok = load_model(a.model, dtype=a.dtype, device=a.device, task="sequence-classification",
+                                num_labels=spec.num_labels)
+        max_len = _max_length(tok, model, settings.seq_len)
+        return SweepInputs(model=model, task=SequenceClassificationTask(spec),
+                           train_data=ClassificationData(train_ex, tok, spec, max_len),
+                           eval_data=ClassificationData(eval_ex, tok, spec, max_len))
+
+    return run_sweep(a.out, a.methods, a.sparsities, prepare, settings, source,
+                     title=f"{Path(str(a.model)).name} {spec.name}", progress=not a.no_progress, verbose=a.verbose)
 
 
 __all__ = ["run_sweep", "run_cli", "SweepSettings", "SweepInputs", "METHODS", "GROUPS", "ROW_KEYS", "expand_methods",
