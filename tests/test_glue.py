@@ -80,6 +80,12 @@ def test_generic_tsv_csv_jsonl(tmp_path):
         read_rows(tmp_path / "d.tsv", parse_task("classification", text_field="sentence"))
     with pytest.raises(TaskError, match="no 'label' field"):
         read_rows(tmp_path / "d.jsonl", parse_task("classification", "q"))
+    (tmp_path / "bom.jsonl").write_text('\ufeff{"text": "x", "label": 1}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(TaskError, match=r"bom.jsonl:2: expected a JSON object"):  # line 1 read despite the BOM
+        read_rows(tmp_path / "bom.jsonl", parse_task("classification"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "x", "label": 1}\n{"text": \n')
+    with pytest.raises(TaskError, match=r"bad.jsonl:2: not valid JSON"):
+        read_rows(tmp_path / "bad.jsonl", parse_task("classification"))
     with pytest.raises(TaskError, match="unknown classification task"):
         parse_task("summarisation")
     from lte.glue import encode_labels

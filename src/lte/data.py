@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -23,20 +24,30 @@ class DataError(ValueError):
     """A data source is missing, empty or malformed."""
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    out = []
-    with path.open(encoding="utf-8") as fh:
+def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = (), error: type[Exception] = DataError,
+               hint: str = "") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file (a leading
+    byte-order mark is skipped); ``error`` with ``path:line`` for invalid JSON or a missing
+    ``required`` field (``hint`` is appended to the latter, e.g. " (use --text-field)")."""
+    path = Path(path)
+    with path.open(encoding="utf-8-sig") as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-            if field not in obj:
-                raise DataError(f"{path}:{i}: no {field!r} field (use --text-field)")
-            out.append(str(obj[field]))
-    return out
+                raise error(f"{path}:{i}: not valid JSON ({e.msg})") from e
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+            for field in required:
+                if field not in obj:
+                    raise error(f"{path}:{i}: no {field!r} field{hint}")
+            yield i, obj
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    return [str(obj[field]) for _, obj in iter_jsonl(path, (field,), hint=" (use --text-field)")]
 
 
 def _read_json(path: Path, field: str) -> list[str]:

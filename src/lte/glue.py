@@ -168,22 +168,15 @@ def read_rows(path: Path, spec: TaskSpec) -> Examples:
 
 
 def _read_jsonl(path: Path, spec: TaskSpec) -> Examples:
+    from .data import iter_jsonl
+
     text, pair, label = [], [] if spec.text_pair is not None else None, []
-    with path.open(encoding="utf-8-sig") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-            for col in (spec.text, spec.text_pair, spec.label):
-                if col is not None and col not in obj:
-                    raise TaskError(f"{path}:{i}: no {col!r} field")
-            text.append(str(obj[spec.text]))
-            if pair is not None:
-                pair.append(str(obj[spec.text_pair]))
-            label.append(str(obj[spec.label]).strip())
+    required = [c for c in (spec.text, spec.text_pair, spec.label) if c is not None]
+    for _, obj in iter_jsonl(path, required, TaskError):
+        text.append(str(obj[spec.text]))
+        if pair is not None:
+            pair.append(str(obj[spec.text_pair]))
+        label.append(str(obj[spec.label]).strip())
     if not text:
         raise TaskError(f"{path}: no examples")
     return Examples(text, pair, label, str(path))
