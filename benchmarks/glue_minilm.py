@@ -70,6 +70,10 @@ from lte.train import finetune_dense, make_teacher, seed_everything, train
 METHODS = ("dense", "dense-same-budget", "lte", "moefication")
 DENSE = ("dense", "dense-same-budget")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+# flags that change the numbers: every record keeps them, and a resumed --out must match them
+SETTINGS = ("model", "large_tasks", "large_task_epoch_scale", "dense_epochs", "stage1_epochs", "stage2_epochs",
+            "batch_size", "eval_batch_size", "seq_len", "lr", "sparse_lr", "router_lr", "distill_weight",
+            "predictor_epochs", "calib_examples", "max_train_examples", "max_eval_examples")
 
 
 def _floats(s: str) -> list[float]:
@@ -281,6 +285,12 @@ class _Runner:
         self.a = a
         self.device = torch.device(a.device)
         self.rows = load_records([a.out]) if Path(a.out).is_file() else []
+        self.settings = {k: getattr(a, k) for k in SETTINGS}
+        other = [r for r in self.rows if r.get("settings", self.settings) != self.settings]
+        if other:
+            diff = sorted(k for k in SETTINGS if other[0]["settings"].get(k) != self.settings[k])
+            raise SystemExit(f"glue_minilm: {a.out} holds {len(other)} record(s) measured with other settings "
+                             f"({', '.join(diff)}); use another --out, or move it away")
         self.done = {_key(r) for r in self.rows}
         self.meta = {"device": _device_name(self.device),
                      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
@@ -298,7 +308,7 @@ class _Runner:
                "metrics": {k: 100.0 * ev[k] for k in spec.metrics}, "gflops_per_token": ev["gflops_per_token"],
                "train_examples": n_train, "examples_seen": seen, "epochs": seen / n_train, "seed": seed,
                "seconds": round(seconds, 2), "eval_examples": ev["examples"], "union_batch_size": ev["union_batch_size"],
-               **self.meta}
+               **self.meta, "settings": self.settings}
         self.rows = [r for r in self.rows if _key(r) != _key(rec)] + [rec]
         self.done.add(_key(rec))
         write_records(self.a.out, self.rows)
@@ -357,6 +367,9 @@ def run_seed(r: _Runner, spec, seed: int, model, train_data: ClassificationData,
     dense_steps = _steps(a.dense_epochs * scale, n, bs)
     s1, s2 = _steps(a.stage1_epochs * scale, n, bs), _steps(a.stage2_epochs * scale, n, bs)
     budget = s1 + s2  # every sparse method's (and dense-same-budget's) training steps after the dense start
+    print(f"[{spec.name} seed {seed}] {n} examples, batch {bs}: dense {dense_steps} steps, then {budget} steps per "
+          f"method (LTE stage 1 {s1} + stage 2 {s2}); pending: {', '.join(f'{m}@{t:g}' for m, t in pending)}",
+          flush=True)
     work = Path(a.work_dir) / f"{spec.name.replace(':', '_')}_seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "dense.pt"

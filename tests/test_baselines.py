@@ -188,3 +188,52 @@ def test_bad_targets_raise():
         B.apply_cats(model, 1.0, _calib())
     with pytest.raises(ValueError, match="granularity"):
         B.train_predictors(model, _calib(), "row")
+
+
+def test_encoder_baselines_on_padded_batches():
+    """BERT (GELU FFN, sequence classification): MoEfication, noisy top-k and TEAL reach their
+    target over real tokens of padded batches (calibration batches of different widths)."""
+    from test_encoders import tiny_bert
+
+    from lte.glue import SequenceClassificationTask, TaskSpec
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n: int, width: int) -> dict:
+        ids = torch.randint(5, 96, (n, width), generator=g)
+        mask = torch.ones(n, width, dtype=torch.long)
+        mask[0, width // 2:] = 0  # one padded example per batch
+        return {"input_ids": ids * mask, "attention_mask": mask, "labels": torch.randint(0, 2, (n,), generator=g)}
+
+    calib = [batch(4, 12), batch(4, 9)]
+    task = SequenceClassificationTask(TaskSpec("classification", ("0", "1"), ("accuracy",), "accuracy"))
+    for name in ("moefication-router", "topk", "teal-ffn"):
+        model = tiny_bert(num_labels=2)
+        lte.sparsify(model, lte.LTEConfig(expert_size=ES), progress=False)
+        if name == "topk":  # trained jointly on the task's loss
+            B.apply_noisy_topk(model, 0.5)
+            losses = B.adapt(model, lte.TrainConfig(lr=1e-3, batch_size=4, warmup_ratio=0.0),
+                             _Batches(calib), steps=2, aux_weight=0.01, task=task)
+            assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+        else:
+            _apply(name, model, 0.5, [{k: v for k, v in b.items() if k != "labels"} for b in calib])
+        lte.reset_stats(model)
+        with torch.no_grad():
+            for b in calib:
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        assert lte.stats(model, cumulative=True)["ffn_sparsity"] == pytest.approx(0.5, abs=0.05), name
+
+
+class _Batches:
+    """Fixed padded batches as a TaskData (each index picks its batch's rows)."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        width = max(b["input_ids"].shape[1] for b in batches)
+        pad = torch.nn.functional.pad
+        self.rows = {k: torch.cat([pad(b[k], (0, width - b[k].shape[1])) if b[k].dim() == 2 else b[k]
+                                   for b in batches]) for k in batches[0]}
+
+    def __len__(self) -> int:
+        return len(self.rows["labels"])
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        return {k: v[idx] for k, v in self.rows.items()}

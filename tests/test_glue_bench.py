@@ -49,6 +49,9 @@ def test_glue_bench_runs_resumes_merges_and_reports(tmp_path, tiny_bert_dir, syn
     assert len(mod.main(args)) == 4 and out.read_text() == before  # resume: nothing recomputed or rewritten
     assert "all points done" in capsys.readouterr().out
 
+    with pytest.raises(SystemExit, match="other settings"):  # a resume must not mix budgets
+        mod.main([*args, "--lr", "3e-4"])
+
     other = tmp_path / "other.json"
     other.write_text(json.dumps([{**by["dense"], "seed": 1, "score": by["dense"]["score"] + 2.0}]))
     merged = mod.main(["--merge", f"{out},{other}", "--out", str(tmp_path / "all.json")])
