@@ -159,15 +159,19 @@ def test_triton_backend_matches_reference(triton_ffn, n, dtype):
             check_backend(case, act, "triton")
 
 
-@pytest.mark.parametrize("variant", ["fused", "splitk"])
+@pytest.mark.parametrize("variant,config", [
+    ("fused", None), ("splitk", None),
+    ("fused", {"block_k": 32, "block_d": 64, "router_k": 128, "num_warps": 8}),  # chunks larger/smaller than d
+    ("fused", {"block_k": 16, "block_d": 16, "router_k": 16, "block_k_dot": 16, "block_d_dot": 32}),
+], ids=["fused", "splitk", "fused-cfg-a", "fused-cfg-b"])
 @pytest.mark.parametrize("n", [1, 4])
-def test_triton_variants(triton_ffn, variant, n):
+def test_triton_variants(triton_ffn, variant, config, n):
     device = "cuda" if HAS_CUDA else "cpu"
     for dtype in (torch.float32, torch.bfloat16):
         case = make_case(n, 72, 8, 4, dtype, gated=True, biases=True, mode="random", device=device, seed=n)
         c = dict(case)
         args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
-        y, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant=variant, **c)
+        y, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant=variant, config=config, **c)
         ref = sparse_ffn_reference(args[0].double(), args[1].double(), args[2].double(), mask, act="silu",
                                    **{k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()
                                       if k != "logit_threshold"})

@@ -29,6 +29,7 @@ token, so the dispatcher (``lte.kernels.sparse_ffn``) uses the masked dense prod
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -39,9 +40,18 @@ from .reference import ACTIVATIONS
 
 MAX_DECODE_TOKENS = 16
 VARIANTS = ("splitk", "fused")
-DEFAULT_VARIANT = "fused"  # measured and checked on an H100; splitk awaits its measurement (KERNEL_NOTES.md)
+# The variant hard-mode inference uses; LTE_TRITON_VARIANT overrides it (benchmarks compare them).
+DEFAULT_VARIANT = os.environ.get("LTE_TRITON_VARIANT", "fused")
+if DEFAULT_VARIANT not in VARIANTS:
+    raise ValueError(f"LTE_TRITON_VARIANT={DEFAULT_VARIANT!r}: expected one of {VARIANTS}")
 # splitk tile sizes: gate/up K chunk, experts per down program, down d block, warps per program.
 SPLITK_CONFIG = {"block_k": 256, "epp": 8, "block_d": 64, "num_warps": 4}
+# fused tile sizes at one token (K chunk of gate/up, d chunk of down, router chunk, warps) and
+# at several tokens (tensor-core tiles). Larger chunks = fewer dependent memory round trips.
+FUSED_CONFIG = {"block_k": 256, "block_d": 256, "router_k": 256, "num_warps": 4, "block_k_dot": 128,
+                "block_d_dot": 128}
+# LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
+_ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -94,7 +104,7 @@ def _fused_kernel(
     HAS_GATE: tl.constexpr, HAS_RB: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
     ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    N_SUB: tl.constexpr,
+    N_SUB: tl.constexpr, ROUTER_K: tl.constexpr,
 ):
     """fused: router, selection, gate/up/act and down (atomics) for one neuron slice of one expert."""
     pid = tl.program_id(0)
@@ -105,7 +115,8 @@ def _fused_kernel(
     offs_kb = tl.arange(0, BLOCK_K)
 
     # Router logits of expert e for every token, fp32.
-    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N, BLOCK_K, HAS_RB)
+    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, tl.arange(0, ROUTER_K), D, BLOCK_N, ROUTER_K,
+                           HAS_RB)
     sel = (logit > threshold) & n_ok
     if sub == 0:
         tl.store(mask_ptr + offs_n * E + e, sel.to(tl.int8), mask=n_ok)
@@ -118,9 +129,9 @@ def _fused_kernel(
         if USE_DOT:
             accu = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
             accg = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
-        else:
-            accu2 = tl.zeros([BLOCK_F, BLOCK_K], dtype=tl.float32)
-            accg2 = tl.zeros([BLOCK_F, BLOCK_K], dtype=tl.float32)
+        else:  # one token: reduce each chunk at once (small accumulators, so large chunks fit)
+            accu1 = tl.zeros([BLOCK_F], dtype=tl.float32)
+            accg1 = tl.zeros([BLOCK_F], dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             offs_k = k0 + offs_kb
             k_ok = offs_k < D
@@ -136,13 +147,13 @@ def _fused_kernel(
                     accg = _mm(xt, tl.trans(wg), accg, PREC, UPCAST)
             else:
                 xk = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-                accu2 += wu.to(tl.float32) * xk[None, :]
                 if HAS_GATE:
                     wg = tl.load(wg_ptr + woffs, mask=wmask, other=0.0)
-                    accg2 += wg.to(tl.float32) * xk[None, :]
+                    accg1 += tl.sum(wg.to(tl.float32) * xk[None, :], axis=1)
+                accu1 += tl.sum(wu.to(tl.float32) * xk[None, :], axis=1)
         if not USE_DOT:
-            accu = tl.sum(accu2, axis=1)[None, :]
-            accg = tl.sum(accg2, axis=1)[None, :]
+            accu = accu1[None, :]
+            accg = accg1[None, :]
         if HAS_BU:
             accu += tl.load(bu_ptr + rows, mask=f_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_GATE:
@@ -347,8 +358,9 @@ def sparse_ffn_triton(
     dummy = w_up
     opt = {"w_gate": w_gate, "router_b": router_b, "b_gate": b_gate, "b_up": b_up, "b_down": b_down}
     ptr = {k: (v if v is not None else dummy) for k, v in opt.items()}
+    env = _ENV_CONFIG if variant == DEFAULT_VARIANT else {}
     if variant == "splitk":
-        cfg = {**SPLITK_CONFIG, **(config or {})}
+        cfg = {**SPLITK_CONFIG, **env, **(config or {})}
         warps = cfg["num_warps"]
         block_s = max(16, triton.next_power_of_2(expert_size))
         y32 = torch.empty(n, d, device=dev, dtype=torch.float32)
@@ -374,6 +386,7 @@ def sparse_ffn_triton(
             num_warps=warps)
         return y32.to(x.dtype), mask.view(torch.bool)
 
+    cfg = {**FUSED_CONFIG, **env, **(config or {})}
     if block_f is None:
         block_f = 16 if use_dot else min(32, triton.next_power_of_2(expert_size))
     if use_dot and block_f < 16:
@@ -388,7 +401,10 @@ def sparse_ffn_triton(
         n, d, f, expert_size, n_exp, float(logit_threshold),
         HAS_GATE=w_gate is not None, HAS_RB=router_b is not None, HAS_BG=b_gate is not None,
         HAS_BU=b_up is not None, ACT=_ACT_CODE[act], USE_DOT=use_dot, PREC=prec,
-        UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_K=128 if use_dot else 256,
-        BLOCK_D=128 if use_dot else 256, N_SUB=n_sub, num_warps=4,
+        UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f,
+        BLOCK_K=min(cfg["block_k_dot" if use_dot else "block_k"], max(16, triton.next_power_of_2(d))),
+        BLOCK_D=min(cfg["block_d_dot" if use_dot else "block_d"], max(16, triton.next_power_of_2(d))),
+        N_SUB=n_sub, ROUTER_K=min(cfg["router_k"] if not use_dot else 128, max(16, triton.next_power_of_2(d))),
+        num_warps=cfg["num_warps"],
     )
     return y32.to(x.dtype), mask.view(torch.bool)
