@@ -257,7 +257,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         data = data / "valid.txt"
     if not data.is_file():
         ap.error(f"--data {a.data}: no such file (want WikiText-2 valid.txt or its folder)")
-    a.data = str(data)
+    a.data = str(data.resolve())  # the launches run in the repository root: pass absolute paths
+    a.work_dir = str(Path(a.work_dir).resolve())
+    if Path(a.model).exists():
+        a.model = str(Path(a.model).resolve())
     kinds = [k.strip() for k in a.setups.split(",") if k.strip()]
     bad = [k for k in kinds if k not in SETUPS]
     if bad:
