@@ -28,7 +28,7 @@ case "$cmd" in
   bg)
     name=$1 gpu=$2; shift 2
     mkdir -p $R/logs; rm -f $R/logs/$name.rc
-    (cd /root/repo && CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$*; echo \$? > $R/logs/$name.rc" \
+    (cd /root/repo && OMP_NUM_THREADS=${OMP:-4} CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$*; echo \$? > $R/logs/$name.rc" \
        > $R/logs/$name.log 2>&1 < /dev/null &)
     echo "started $name on GPU $gpu" ;;
   wait)
