@@ -185,7 +185,8 @@ def evaluate_e2e(model, tok, data: str | Path, split: str = "test", decoding: st
     """Generate one output per distinct MR of ``split`` and score it (see module docstring).
 
     ``limit``: the first N distinct MRs. Writes ``generations.jsonl`` and ``scores.json`` to
-    ``out_dir`` when given."""
+    ``out_dir`` when given. A plain model gets LTE layers in dense mode, in place: evaluate a
+    copy if it is trained further."""
     from .evaluate import gflops_per_token
     from .pipeline import _ensure_lte
     from .sparsify import get_mode, reset_stats, stats

@@ -143,7 +143,8 @@ def evaluate_mmlu(model, tok, root: str | Path, limit: int | None = None, subjec
                   batch_size: int = 8, max_length: int | None = None, progress: bool = True) -> dict[str, Any]:
     """5-shot MMLU accuracy of ``model`` (see module docstring) with FFN sparsity and GFLOPs/token.
 
-    ``limit``: the first N test questions of each subject. ``subject_names``: a subset."""
+    ``limit``: the first N test questions of each subject. ``subject_names``: a subset. A plain
+    model gets LTE layers in dense mode, in place: evaluate a copy if it is trained further."""
     from tqdm.auto import tqdm
 
     from .evaluate import gflops_per_token

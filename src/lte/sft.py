@@ -316,7 +316,8 @@ def response_perplexity(model, data, batch_size: int = 8, max_batches: int | Non
                         progress: bool = False, autocast: bool | None = None) -> dict[str, Any]:
     """Perplexity over the target (label != -100) tokens of ``data`` (any ``TaskData`` with
     labels), with the FFN sparsity it ran at (all real tokens, prompts included) and GFLOPs
-    per token (at the average sequence length)."""
+    per token (at the average sequence length). A plain model gets LTE layers in dense mode,
+    in place (``pipeline._ensure_lte``): evaluate a copy if it is trained further."""
     from tqdm.auto import tqdm
 
     from .evaluate import gflops_per_token
