@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-test-mrs", type=int, default=None, help="evaluate only the first N distinct test MRs")
     add_training_args(ap, seq_len=256, epochs=2, sparse_epochs=0.5, lr=1e-4)
     a = ap.parse_args(argv)
+    from lte.e2e import check_scorers
+    check_scorers()  # before any training: a missing scorer must not cost the run
 
     decodings = [d for d in a.decodings.split(",") if d]
     if not decodings or any(d not in ("greedy", "beam") for d in decodings):

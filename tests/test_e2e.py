@@ -148,3 +148,14 @@ def test_cli_train_and_eval_e2e(tmp_path, capsys, tok):
     code = main(["eval", str(tmp_path / "run" / "model"), "--task", "e2e", "--data", str(tmp_path / "nope"),
                  "--no-progress", "--device", "cpu"])
     assert code == 2 and capsys.readouterr().err.startswith("lte: error:")
+
+
+def test_check_scorers_names_the_missing_library(monkeypatch):
+    import importlib.util
+
+    from lte import e2e
+    e2e.check_scorers()  # both installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rouge_score" else real(name, *a))
+    with pytest.raises(ImportError, match="pip install rouge-score"):
+        e2e.check_scorers()

@@ -26,6 +26,7 @@ Generations are written beside the scores: ``OUT/generations.jsonl`` (one line p
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -110,6 +111,14 @@ def load_e2e_splits(data: str | Path, tok, max_len: int = 256, packed: bool = Fa
 
 
 # ----------------------------------------------------------------------------- scoring
+def check_scorers() -> None:
+    """Fail at once (not after hours of training) when the scoring libraries are missing."""
+    missing = [name for name, mod in (("sacrebleu", "sacrebleu"), ("rouge-score", "rouge_score"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise ImportError(f"E2E scoring needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+
+
 def score(hyps: list[str], refs: list[list[str]]) -> dict[str, Any]:
     """BLEU and ROUGE-L of ``hyps`` against multiple references each (see module docstring)."""
     import sacrebleu
