@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Driver for one leased GPU machine (the `device` tool of this workplace): the GPU results in
 # BENCHMARKS.md were produced by calling these phases in successive device calls.
-#   setup          unpack data (.dev/pack/data.tar.xz) to /root/data, the gguf wheel to /root/site,
+#   setup          unpack data (.dev/pack/data.tar.xz) to /root/data, the wheels in .whl (gguf,
+#                  sacrebleu, rouge-score and their pure-Python needs) to /root/site,
 #                  copy the code to /root/repo (jobs run from there, so a re-synced tree cannot
 #                  change code under a running job), put an `lte` command on PATH
 #   sync           copy the code again (new jobs only)
@@ -21,7 +22,9 @@ case "$cmd" in
     [ -f .dev/pack/data.tar.xz ] && tar -C /root/data -xJf .dev/pack/data.tar.xz
     ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .whl/*.whl
     printf '#!/bin/sh\nexec python3 -m lte "$@"\n' > /root/bin/lte && chmod +x /root/bin/lte
-    "$0" sync ;;
+    "$0" sync
+    # preflight: every library the benchmark scripts import (a missing scorer once cost a run)
+    python3 -c "import importlib.util as u; m=[n for n in ('gguf','sacrebleu','rouge_score','sklearn','scipy','matplotlib','accelerate','triton') if u.find_spec(n) is None]; print('MISSING python packages:', m) if m else print('preflight: all imports found')" ;;
   sync)
     mkdir -p /root/repo && rm -rf /root/repo/src /root/repo/benchmarks /root/repo/configs /root/repo/tests
     cp -r src benchmarks configs tests pyproject.toml /root/repo/ && echo "code synced" ;;
