@@ -142,6 +142,25 @@ def test_cpu_native_kernel_builds():
     assert cpu_kernels.native_available(), "the C kernel failed to build although a compiler exists"
 
 
+def test_cpu_noncontiguous_and_mixed_dtype_inputs():
+    """The native path copies what is not contiguous or not in x's dtype, and nothing else."""
+    case = make_case(2, 64, 8, 6, torch.bfloat16, gated=True, biases=True, mode="random", seed=7)
+    ref = dict(case)
+    case["w_up"] = case["w_up"].t().contiguous().t()  # same values, transposed strides
+    case["w_gate"] = case["w_gate"].float()  # another dtype: widened copy is narrowed back
+    case["router_w"] = case["router_w"].float().t().contiguous().t()
+    check_backend(case, "silu", "cpu")
+    y1, m1 = kernels.sparse_ffn(case.pop("x"), case.pop("w_up"), case.pop("w_down"), case.pop("router_w"),
+                                case.pop("router_b"), act="silu", backend="cpu", **case)
+    r = dict(ref)
+    y2, m2 = kernels.sparse_ffn(r.pop("x"), r.pop("w_up"), r.pop("w_down"), r.pop("router_w").float(),
+                                r.pop("router_b"), act="silu", backend="cpu", **r)
+    assert torch.equal(m1, m2) and torch.allclose(y1.float(), y2.float(), atol=1e-2)
+    w = torch.ones(4, 4, dtype=torch.bfloat16)
+    assert cpu_kernels._prep(w, torch.bfloat16) is w and cpu_kernels._prep(None, torch.float32) is None
+    assert cpu_kernels._prep(w.t()[:, :2], torch.bfloat16).is_contiguous()
+
+
 def test_cpu_smollm2_shapes():
     for dtype in (torch.float32, torch.bfloat16):
         case = make_case(1, 576, 32, 48, dtype, gated=True, biases=False, mode="random", seed=3)

@@ -39,6 +39,7 @@ MAX_NATIVE_TOKENS = 8
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
 _TYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+_FN_NAME = {dt: f"lte_ffn_{suf}" for dt, suf in _SUFFIX.items()}
 
 _HEADER = r"""
 #include <math.h>
@@ -98,21 +99,27 @@ static void axpy_$S(float a, const $T* restrict w, float* restrict y, int64_t d)
 
 _KERNEL = r"""
 /* y[n,d] and mask[n,E] from x[n,d]; weights [f,d] neuron-contiguous; expert e = rows [e*s, (e+1)*s).
-   rw/rb have their own type code rty (the router is often kept in fp32). Returns 0, or -1 on OOM. */
+   rw/rb have their own type code rty (the router is often kept in fp32). Returns 0, or -1 on OOM.
+   Two barriers per call (after the router, after the expert loop): every thread derives the same
+   list of chosen experts from the shared mask itself instead of waiting for one thread to write it. */
 int lte_ffn_$S(int64_t n, int64_t d, int64_t s, int64_t E,
                const $T* x, const $T* wg, const $T* wu, const $T* wd,
                const void* rw, const void* rb, int rty,
                const $T* bg, const $T* bu, const $T* bd,
                float thr, int act, $T* y, uint8_t* mask, int nthreads) {
     if (nthreads < 1) nthreads = 1;
+    const int64_t e1 = E > 0 ? E : 1;
     float* xf = (float*)malloc(sizeof(float) * n * d);
-    int64_t* chosen = (int64_t*)malloc(sizeof(int64_t) * (E > 0 ? E : 1));
-    float* part = (float*)calloc((size_t)nthreads * n * d, sizeof(float));
+    int64_t* chosen = (int64_t*)malloc(sizeof(int64_t) * e1 * nthreads);
+    float* part = (float*)malloc(sizeof(float) * (size_t)nthreads * n * d);
     if (!xf || !chosen || !part) { free(xf); free(chosen); free(part); return -1; }
     for (int64_t i = 0; i < n * d; ++i) xf[i] = ld_$S(x, i);
-    int64_t n_chosen = 0;
     #pragma omp parallel num_threads(nthreads)
     {
+        const int tid = omp_get_thread_num();
+        const int nth = omp_get_num_threads();
+        float* yp = part + (int64_t)tid * n * d;
+        memset(yp, 0, sizeof(float) * n * d);
         #pragma omp for schedule(static)
         for (int64_t e = 0; e < E; ++e) {
             for (int64_t t = 0; t < n; ++t) {
@@ -124,18 +131,17 @@ int lte_ffn_$S(int64_t n, int64_t d, int64_t s, int64_t E,
                 mask[t * E + e] = l > thr;
             }
         }
-        #pragma omp single
-        {
-            for (int64_t e = 0; e < E; ++e) {
-                int any = 0;
-                for (int64_t t = 0; t < n; ++t) any |= mask[t * E + e];
-                if (any) chosen[n_chosen++] = e;
-            }
+        /* implicit barrier: the whole mask is written */
+        int64_t* ch = chosen + (int64_t)tid * e1;
+        int64_t n_chosen = 0;
+        for (int64_t e = 0; e < E; ++e) {
+            int any = 0;
+            for (int64_t t = 0; t < n; ++t) any |= mask[t * E + e];
+            if (any) ch[n_chosen++] = e;
         }
-        float* yp = part + (int64_t)omp_get_thread_num() * n * d;
-        #pragma omp for schedule(static)
-        for (int64_t i = 0; i < n_chosen; ++i) {
-            const int64_t e = chosen[i];
+        const int64_t lo = n_chosen * tid / nth, hi = n_chosen * (tid + 1) / nth;
+        for (int64_t i = lo; i < hi; ++i) {
+            const int64_t e = ch[i];
             for (int64_t j = 0; j < s; ++j) {
                 const int64_t r = e * s + j;
                 for (int64_t t = 0; t < n; ++t) {
@@ -152,10 +158,11 @@ int lte_ffn_$S(int64_t n, int64_t d, int64_t s, int64_t E,
                 }
             }
         }
-        #pragma omp for schedule(static)
+        #pragma omp barrier
+        #pragma omp for schedule(static) nowait
         for (int64_t i = 0; i < n * d; ++i) {
             float v = bd ? ld_$S(bd, i % d) : 0.0f;
-            for (int th = 0; th < nthreads; ++th) v += part[(int64_t)th * n * d + i];
+            for (int th = 0; th < nth; ++th) v += part[(int64_t)th * n * d + i];
             y[i] = st_$S(v);
         }
     }
@@ -254,6 +261,13 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _prep(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype``, contiguous; the common case (already so) costs no tensor op."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
+
+
 def _gather_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, mask: torch.Tensor, *,
                 expert_size: int, act: str, w_gate: torch.Tensor | None, b_up: torch.Tensor | None,
                 b_gate: torch.Tensor | None, b_down: torch.Tensor | None) -> torch.Tensor:
@@ -282,31 +296,28 @@ def sparse_ffn_cpu(
         raise ValueError(f"the cpu backend needs CPU tensors, got {x.device}")
     if act not in _ACT_CODE:
         raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
-    kw = dict(expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up, b_gate=b_gate, b_down=b_down)
     n, d = x.shape
     lib = native_library() if n <= MAX_NATIVE_TOKENS else None
     dt = x.dtype
     if lib is None or dt not in _TYPE_CODE or router_w.dtype not in _TYPE_CODE:
+        kw = dict(expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up, b_gate=b_gate, b_down=b_down)
         mask = router_mask(x, router_w, router_b, logit_threshold)
         if n > MAX_NATIVE_TOKENS or dt not in _TYPE_CODE:
             return sparse_ffn_reference(x, w_up, w_down, mask, **kw), mask
         return _gather_ffn(x, w_up, w_down, mask, **kw), mask
 
-    def prep(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        return None if t is None else t.to(dtype).contiguous()
-
-    x = x.contiguous()
-    w_up, w_down, w_gate = prep(w_up, dt), prep(w_down, dt), prep(w_gate, dt)
-    b_up, b_gate, b_down = prep(b_up, dt), prep(b_gate, dt), prep(b_down, dt)
-    router_w = router_w.contiguous()
-    router_b = prep(router_b, router_w.dtype)
+    x = _prep(x, dt)
+    w_up, w_down, w_gate = _prep(w_up, dt), _prep(w_down, dt), _prep(w_gate, dt)
+    b_up, b_gate, b_down = _prep(b_up, dt), _prep(b_gate, dt), _prep(b_down, dt)
+    rdt = router_w.dtype
+    router_w, router_b = _prep(router_w, rdt), _prep(router_b, rdt)
     n_exp = router_w.shape[0]
     y = torch.empty(n, d, dtype=dt)
     mask = torch.empty(n, n_exp, dtype=torch.bool)
-    rc = getattr(lib, f"lte_ffn_{_SUFFIX[dt]}")(
-        n, d, expert_size, n_exp, _ptr(x), _ptr(w_gate), _ptr(w_up), _ptr(w_down), _ptr(router_w),
-        _ptr(router_b), _TYPE_CODE[router_w.dtype], _ptr(b_gate), _ptr(b_up), _ptr(b_down),
-        float(logit_threshold), _ACT_CODE[act], _ptr(y), _ptr(mask), torch.get_num_threads())
+    rc = getattr(lib, _FN_NAME[dt])(
+        n, d, expert_size, n_exp, x.data_ptr(), _ptr(w_gate), w_up.data_ptr(), w_down.data_ptr(),
+        router_w.data_ptr(), _ptr(router_b), _TYPE_CODE[rdt], _ptr(b_gate), _ptr(b_up), _ptr(b_down),
+        float(logit_threshold), _ACT_CODE[act], y.data_ptr(), mask.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise MemoryError("the native CPU sparse FFN could not allocate its scratch buffers")
     return y, mask
