@@ -80,16 +80,45 @@ static inline float act_fn(float g, int act) {
 
 # One copy per weight type; $S is the suffix, $T the C type.
 _TYPED = r"""
-/* 16 independent lanes: one vector FMA per step, no reassociation flags needed. */
+/* Dot products keep several independent 16-lane accumulators (one vector FMA each per step,
+   no reassociation flags needed), so consecutive FMAs do not wait on each other's latency. */
 static float dot_$S(const $T* restrict w, const float* restrict x, int64_t d) {
-    float acc[16] = {0};
+    float a0[16] = {0}, a1[16] = {0};
     int64_t k = 0;
+    for (; k + 32 <= d; k += 32)
+        for (int j = 0; j < 16; ++j) {
+            a0[j] += ld_$S(w, k + j) * x[k + j];
+            a1[j] += ld_$S(w, k + 16 + j) * x[k + 16 + j];
+        }
     for (; k + 16 <= d; k += 16)
-        for (int j = 0; j < 16; ++j) acc[j] += ld_$S(w, k + j) * x[k + j];
+        for (int j = 0; j < 16; ++j) a0[j] += ld_$S(w, k + j) * x[k + j];
     float s = 0.0f;
-    for (int j = 0; j < 16; ++j) s += acc[j];
+    for (int j = 0; j < 16; ++j) s += a0[j] + a1[j];
     for (; k < d; ++k) s += ld_$S(w, k) * x[k];
     return s;
+}
+
+/* Two rows against the same x in one pass (gate and up of one neuron): four accumulators. */
+static void dot2_$S(const $T* restrict wa, const $T* restrict wb, const float* restrict x, int64_t d,
+                    float* ra, float* rb) {
+    float a0[16] = {0}, a1[16] = {0}, b0[16] = {0}, b1[16] = {0};
+    int64_t k = 0;
+    for (; k + 32 <= d; k += 32)
+        for (int j = 0; j < 16; ++j) {
+            a0[j] += ld_$S(wa, k + j) * x[k + j];
+            b0[j] += ld_$S(wb, k + j) * x[k + j];
+            a1[j] += ld_$S(wa, k + 16 + j) * x[k + 16 + j];
+            b1[j] += ld_$S(wb, k + 16 + j) * x[k + 16 + j];
+        }
+    for (; k + 16 <= d; k += 16)
+        for (int j = 0; j < 16; ++j) {
+            a0[j] += ld_$S(wa, k + j) * x[k + j];
+            b0[j] += ld_$S(wb, k + j) * x[k + j];
+        }
+    float sa = 0.0f, sb = 0.0f;
+    for (int j = 0; j < 16; ++j) { sa += a0[j] + a1[j]; sb += b0[j] + b1[j]; }
+    for (; k < d; ++k) { sa += ld_$S(wa, k) * x[k]; sb += ld_$S(wb, k) * x[k]; }
+    *ra = sa; *rb = sb;
 }
 
 static void axpy_$S(float a, const $T* restrict w, float* restrict y, int64_t d) {
@@ -146,12 +175,15 @@ int lte_ffn_$S(int64_t n, int64_t d, int64_t s, int64_t E,
                 const int64_t r = e * s + j;
                 for (int64_t t = 0; t < n; ++t) {
                     if (!mask[t * E + e]) continue;  /* each token computes only its own experts */
-                    float u = dot_$S(wu + r * d, xf + t * d, d) + (bu ? ld_$S(bu, r) : 0.0f);
-                    float h;
+                    float u, h;
                     if (wg) {
-                        float g = dot_$S(wg + r * d, xf + t * d, d) + (bg ? ld_$S(bg, r) : 0.0f);
+                        float g;
+                        dot2_$S(wg + r * d, wu + r * d, xf + t * d, d, &g, &u);
+                        if (bg) g += ld_$S(bg, r);
+                        if (bu) u += ld_$S(bu, r);
                         h = act_fn(g, act) * u;
                     } else {
+                        u = dot_$S(wu + r * d, xf + t * d, d) + (bu ? ld_$S(bu, r) : 0.0f);
                         h = act_fn(u, act);
                     }
                     axpy_$S(h, wd + r * d, yp + t * d, d);
