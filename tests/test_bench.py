@@ -51,3 +51,27 @@ def test_bench_generation_rows(smol_tokenizer):
     for r in rows:
         assert r["dense_tok_s"] > 0 and r["lte_tok_s"] > 0 and 0 <= r["sparsity"] <= 1
         assert r["speedup"] == pytest.approx(r["lte_tok_s"] / r["dense_tok_s"])
+
+
+def test_bench_warmup_matches_timed_shapes_and_stats_off(monkeypatch):
+    """Static setups warm up at the timed length (a new static-cache size recompiles), timed runs
+    keep the selection bookkeeping off, and rows report the separate eager pass's sparsity."""
+    import lte.bench as bench
+    model = lte.sparsify(FAMILIES["llama"](), lte.LTEConfig(expert_size=16), progress=False)
+    calls = []
+
+    def fake_time(m, enc, kw):
+        calls.append((m is model, kw["max_new_tokens"], kw.get("cache_implementation"),
+                      model.lte_state.track_stats))
+        return 0.5
+
+    monkeypatch.setattr(bench, "time_generate", fake_time)
+    monkeypatch.setattr(bench, "measured_sparsity", lambda *a: 0.4375)
+    rows = bench.bench_generation(model, None, prompt_len=4, new_tokens=32, repeats=2,
+                                  setups=("eager", "static"), progress=False, vocab_size=100)
+    assert [r["sparsity"] for r in rows] == [0.4375, 0.4375]
+    eager = [c for c in calls if c[2] is None]
+    static = [c for c in calls if c[2] == "static"]
+    assert [c[1] for c in eager] == [16] * 4 + [32] * 4  # short warm-up, then 2 repeats x 2 models
+    assert [c[1] for c in static] == [32] * 8
+    assert not any(c[3] for c in calls) and model.lte_state.track_stats
