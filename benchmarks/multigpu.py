@@ -81,10 +81,18 @@ def device_name(device: str) -> str:
 
 
 def setup_name(kind: str, procs: int, same_global: bool = False) -> str:
-    """Row name: 1gpu, fsdp-2gpu, ddp-2gpu (+ -same-global)."""
+    """Row name: 1gpu, fsdp-2gpu, ddp-2gpu (+ -same-global; FSDP rows also name non-default
+    LTE_FSDP_PARAM_DTYPE / LTE_FSDP_RESHARD=0, so variants are separate rows)."""
     if kind == "1gpu":
         return "1gpu"
-    return f"{kind}-{procs}gpu" + ("-same-global" if same_global else "")
+    name = f"{kind}-{procs}gpu"
+    if kind == "fsdp":
+        dtype = os.environ.get("LTE_FSDP_PARAM_DTYPE", "").strip().lower()
+        if dtype not in ("", "none", "float32", "fp32"):
+            name += f"-{dtype}"
+        if os.environ.get("LTE_FSDP_RESHARD", "1").strip().lower() in ("0", "false"):
+            name += "-noreshard"
+    return name + ("-same-global" if same_global else "")
 
 
 def launch_command(kind: str, procs: int, launcher: str, train_args: list[str]) -> tuple[list[str], dict]:

@@ -63,3 +63,13 @@ def test_fsdp_takes_rank0_weights(tmp_path):
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+
+
+def test_fsdp_without_reshard_matches_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTE_FSDP_RESHARD", "0")  # parameters stay gathered from forward to backward
+    _run(tmp_path / "one", 1, 4, 2, 1)
+    _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)

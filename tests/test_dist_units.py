@@ -7,7 +7,13 @@ import torch
 from conftest import tiny_llama
 
 import lte
-from lte.dist import broadcast_from_main, fsdp_param_dtype, local_device, shard_units
+from lte.dist import (
+    broadcast_from_main,
+    fsdp_param_dtype,
+    fsdp_reshard_after_forward,
+    local_device,
+    shard_units,
+)
 from lte.sparsify import lte_layers
 
 
@@ -19,6 +25,16 @@ def test_fsdp_param_dtype_from_env(monkeypatch):
     monkeypatch.setenv("LTE_FSDP_PARAM_DTYPE", "int8")
     with pytest.raises(ValueError, match="LTE_FSDP_PARAM_DTYPE"):
         fsdp_param_dtype()
+
+
+def test_fsdp_reshard_from_env(monkeypatch):
+    monkeypatch.delenv("LTE_FSDP_RESHARD", raising=False)
+    assert fsdp_reshard_after_forward() is True
+    monkeypatch.setenv("LTE_FSDP_RESHARD", "0")
+    assert fsdp_reshard_after_forward() is False
+    monkeypatch.setenv("LTE_FSDP_RESHARD", "sometimes")
+    with pytest.raises(ValueError, match="LTE_FSDP_RESHARD"):
+        fsdp_reshard_after_forward()
 
 
 def test_shard_units_are_transformer_blocks():

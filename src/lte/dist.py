@@ -16,8 +16,9 @@ unlike DDP, does not synchronise them), so ranks can never shard different group
 Mixed precision on GPU is bf16 autocast, as on one GPU; parameters are gathered in fp32 by
 default so the routers' logits stay fp32 (``Router`` casts to fp32, which cannot undo a
 bf16 gather); ``LTE_FSDP_PARAM_DTYPE=bfloat16`` gathers in bf16 instead (half the
-all-gather traffic; routers then see bf16-rounded weights and biases). Gradients are
-reduced in fp32. Models and checkpoints are gathered to full tensors on save, so a
+all-gather traffic; routers then see bf16-rounded weights and biases); ``LTE_FSDP_RESHARD=0``
+keeps each block's gathered parameters from forward to backward (one all-gather per block
+and step fewer, more memory). Gradients are reduced in fp32. Models and checkpoints are gathered to full tensors on save, so a
 checkpoint resumes on any number of processes with or without sharding.
 """
 
@@ -41,12 +42,13 @@ def fsdp_requested() -> bool:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """True when the model's parameters are FSDP-sharded DTensors."""
+    """True when ``fully_shard`` has been applied to the model (its parameters may be
+    gathered, not DTensors, between a forward and a backward without resharding)."""
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover - old torch
         return False
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return isinstance(model, FSDPModule)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -83,6 +85,16 @@ def fsdp_param_dtype() -> torch.dtype | None:
     if name not in table:
         raise ValueError(f"LTE_FSDP_PARAM_DTYPE={name!r}: expected float32, bfloat16 or float16")
     return table[name]
+
+
+def fsdp_reshard_after_forward() -> bool:
+    """Whether FSDP frees gathered parameters after each block's forward (the default, least
+    memory) or keeps them until backward (``LTE_FSDP_RESHARD=0``: one all-gather per block
+    and step fewer, ZeRO-2-like memory)."""
+    value = os.environ.get("LTE_FSDP_RESHARD", "1").strip().lower()
+    if value not in ("0", "1", "false", "true"):
+        raise ValueError(f"LTE_FSDP_RESHARD={value!r}: expected 0 or 1")
+    return value in ("1", "true")
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -128,7 +140,7 @@ class DistEnv:
         if not self.fsdp or is_sharded(model):
             return model
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        kw = {}
+        kw = {"reshard_after_forward": fsdp_reshard_after_forward()}
         if param_dtype is not None and self.acc.device.type == "cuda":
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         broadcast_from_main(model)
