@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_sft import save_tiny, tiny_lm, tiny_tokenizer
+from test_sft import cli_train_tiny, save_tiny, tiny_lm, tiny_tokenizer
 
 import lte
 from lte.cli import main
@@ -128,12 +128,7 @@ def test_cli_train_and_eval_e2e(tmp_path, capsys, tok):
     write_csv(data / "devset.csv", ROWS[:4])
     write_csv(data / "testset_w_refs.csv", ROWS)
     base = save_tiny(tmp_path, tok)
-    code = main(["train", "--task", "e2e", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"),
-                 "--target-sparsity", "0.5", "--stage1-steps", "3", "--stage2-steps", "2", "--batch-size", "4",
-                 "--seq-len", "64", "--expert-size", "16", "--no-progress", "--device", "cpu"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    summary = json.loads(out.out)
+    summary = cli_train_tiny(capsys, "e2e", base, data, tmp_path / "run", 64)
     assert summary["task"] == "e2e" and summary["train_examples"] == 40 and summary["val_examples"] == 4
     for decoding in ("greedy", "beam"):
         code = main(["eval", str(tmp_path / "run" / "model"), "--task", "e2e", "--data", str(data), "--json",

@@ -63,6 +63,16 @@ def save_tiny(tmp_path: Path, tok, name: str = "base") -> Path:
     return d
 
 
+def cli_train_tiny(capsys, task: str, base: Path, data: Path, out: Path, seq_len: int) -> dict:
+    """``lte train --task TASK`` on a tiny model with a few steps; returns the printed summary."""
+    code = main(["train", "--task", task, "--model", str(base), "--data", str(data), "--out", str(out),
+                 "--target-sparsity", "0.5", "--stage1-steps", "3", "--stage2-steps", "2", "--batch-size", "4",
+                 "--seq-len", str(seq_len), "--expert-size", "16", "--no-progress", "--device", "cpu"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    return json.loads(printed.out)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return tiny_tokenizer()
@@ -236,12 +246,7 @@ def test_cli_train_and_eval_sft(tmp_path, capsys, tok):
             for k in range(60)]
     data = tmp_path / "sft.json"
     data.write_text(json.dumps(recs))
-    code = main(["train", "--task", "sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"),
-                 "--target-sparsity", "0.5", "--stage1-steps", "3", "--stage2-steps", "2", "--batch-size", "4",
-                 "--seq-len", "96", "--expert-size", "16", "--no-progress", "--device", "cpu"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    summary = json.loads(out.out)
+    summary = cli_train_tiny(capsys, "sft", base, data, tmp_path / "run", 96)
     assert summary["task"] == "sft" and summary["train_examples"] == 57 and summary["val_examples"] == 3
     assert summary["val_perplexity"] > 1
     code = main(["eval", str(tmp_path / "run" / "model"), "--task", "sft", "--data", str(data), "--json",
