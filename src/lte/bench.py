@@ -136,10 +136,10 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
     pad_id = tok.pad_token_id if tok is not None else None
     sparsity = measured_sparsity(model, enc, new_tokens, pad_id)
     rows = []
+    model.lte_state.track_stats = False  # no bookkeeping while timing; sparsity from the eager pass
     try:
         for setup in setups:
             kw = _generate_kwargs(setup, pad_id, new_tokens)
-            model.lte_state.track_stats = False  # no bookkeeping while timing; sparsity from the eager pass
             # warm-up: kernels, compilation, caches. A static cache is sized by max_new_tokens and a
             # new size recompiles, so static setups warm up at the timed length (else the first
             # timed run of each model includes a recompilation).
@@ -149,17 +149,15 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
                 time_generate(m, enc, warm)
                 time_generate(m, enc, warm)
             td, tl = [], []
-            reset_stats(model)
             for r in range(repeats):
                 td.append(time_generate(dense, enc, kw))
                 tl.append(time_generate(model, enc, kw))
                 if progress:
                     print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[-1]:.1f} tok/s, "
                           f"lte {new_tokens / tl[-1]:.1f} tok/s", flush=True)
-            sp = sparsity
             d_tps, l_tps = new_tokens / statistics.median(td), new_tokens / statistics.median(tl)
             rows.append({"setup": setup, "dense_tok_s": d_tps, "lte_tok_s": l_tps, "speedup": l_tps / d_tps,
-                         "sparsity": sp, "prompt_len": prompt_len, "new_tokens": new_tokens,
+                         "sparsity": sparsity, "prompt_len": prompt_len, "new_tokens": new_tokens,
                          "repeats": repeats, "backend": lte_layers(model)[0].backend,
                          "dtype": str(next(model.parameters()).dtype).replace("torch.", "")})
     finally:
