@@ -54,7 +54,7 @@ from lte.train import finetune_dense, make_teacher, train
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAINING_KEYS = ("model", "seq_len", "batch_size", "grad_accum", "epochs", "sparse_epochs", "stage1_fraction", "lr",
                  "stage_lr", "router_lr", "router_bias_lr", "distill_weight", "separability_weight",
-                 "max_train_examples")
+                 "max_train_examples", "expert_size")
 BASELINES = ("cats-finetune", "cats-nofinetune", "teal-ffn", "topk-softmax", "none")
 
 
@@ -185,8 +185,9 @@ def lte_train_config(a, steps: int, target: float) -> lte.TrainConfig:
 
 
 def sparsify_lte(model, a) -> None:
-    """k-means experts + routers (the LTE configuration both scripts use)."""
-    lte.sparsify(model, lte.LTEConfig(separability_weight=a.separability_weight), progress=False)
+    """k-means experts of ``--expert-size`` neurons + routers (the LTE configuration both scripts use)."""
+    lte.sparsify(model, lte.LTEConfig(expert_size=a.expert_size, separability_weight=a.separability_weight),
+                 progress=False)
 
 
 def train_lte(dense, a, target: float, steps: int, train_data, val_data, work: Path, tok, teacher) -> tuple[Any, dict]:
@@ -222,6 +223,7 @@ def add_training_args(ap: argparse.ArgumentParser, seq_len: int, epochs: int, sp
     ap.add_argument("--separability-weight", type=float, default=0.0,
                     help="LTE separability loss weight (default 0: measured best with the ste gate)")
     ap.add_argument("--max-train-examples", type=int, default=None, help="use only the first N training examples")
+    ap.add_argument("--expert-size", type=int, default=32, help="neurons per LTE expert block (default 32)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="torch device (default cuda when available)")
 

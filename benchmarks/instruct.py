@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                  "eval_seconds": round(time.time() - t0, 1), "mmlu_acc_macro": mm["accuracy_macro"],
                  "mmlu_ffn_sparsity": mm["ffn_sparsity"], "mmlu_gflops_per_token": mm["gflops_per_token"],
                  "mmlu_limit": a.mmlu_limit, "heldout_examples": len(heldout), "heldout_tokens": r["tokens"],
-                 "template": a.template, "model_path": a.model, **extra})
+                 "template": a.template, "model_path": a.model, "expert_size": a.expert_size, **extra})
 
     for method, target in todo:
         t0 = time.time()

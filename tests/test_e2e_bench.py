@@ -77,7 +77,7 @@ def test_instruct_script_runs_and_resumes(tmp_path, tiny_model, capsys):
     mmlu = make_mmlu(tmp_path / "mmlu", n_test=3)
     out = tmp_path / "instruct.json"
     args = ["--data", str(tmp_path / "inst"), "--mmlu", str(mmlu), "--model", str(tiny_model), "--out", str(out),
-            "--work-dir", str(tmp_path / "w"), "--mmlu-limit", "2", *TINY, "--seq-len", "128"]
+            "--work-dir", str(tmp_path / "w"), "--mmlu-limit", "2", *TINY, "--seq-len", "128", "--expert-size", "16"]
     instruct.main(args)
     rows = json.loads(out.read_text())
     assert [(r["method"], r["target_sparsity"]) for r in rows] == [("dense", 0.0), ("lte", 0.5), ("lte", 0.75)]
@@ -86,7 +86,7 @@ def test_instruct_script_runs_and_resumes(tmp_path, tiny_model, capsys):
         assert r["model"] == tiny_model.name and r["chance"] == 0.25 and r["heldout_examples"] == 2
         assert r["response_ppl"] > 1.0 and 0.0 <= r["mmlu_acc"] <= 1.0
         assert r["mmlu_questions"] == 2 * 2  # 2 subjects x --mmlu-limit 2
-        assert r["train_examples"] == 38
+        assert r["train_examples"] == 38 and r["expert_size"] == 16
     assert rows[0]["ffn_sparsity"] == 0.0 and rows[1]["ffn_sparsity"] > 0.0
     capsys.readouterr()
     instruct.main(args)
