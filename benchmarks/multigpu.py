@@ -12,6 +12,13 @@ sparsity 0.5, distillation from the dense model as ``lte train`` does by default
 SAME per-GPU micro-batch, so the global batch grows with N (``global_batch`` in the record);
 ``--same-global-batch`` adds rows whose per-GPU batch is divided by N instead.
 
+``--fsdp-variants`` runs the FSDP setup once per variant in one invocation: a comma list of
+``+``-joined knobs (``default``; ``bf16``: LTE_FSDP_PARAM_DTYPE=bfloat16; ``noreshard``:
+LTE_FSDP_RESHARD=0; ``shardteacher``: LTE_FSDP_SHARD_TEACHER=1; ``noprefetch``:
+LTE_FSDP_PREFETCH=0; see ``lte.dist``), e.g. ``default,bf16,bf16+noreshard``. Each row is named
+after the knobs that differ from the defaults, e.g. ``fsdp-2gpu`` and ``fsdp-2gpu[bf16,noreshard]``
+(knobs set in the calling environment count too), and records them in ``fsdp_env``.
+
 Throughput is read from the trainer's JSONL log: every logged train record carries the real
 (non-padding) input tokens over all processes and the wall time of the steps since the
 previous record (CUDA-synchronised). Timed steps exclude the first ``--warmup-steps`` of each
@@ -46,6 +53,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUPS = ("1gpu", "fsdp", "ddp")
+# --fsdp-variants knobs: name -> (environment variable, value); the defaults live in lte.dist
+FSDP_KNOBS = {"bf16": ("LTE_FSDP_PARAM_DTYPE", "bfloat16"), "noreshard": ("LTE_FSDP_RESHARD", "0"),
+              "shardteacher": ("LTE_FSDP_SHARD_TEACHER", "1"), "noprefetch": ("LTE_FSDP_PREFETCH", "0")}
+FSDP_DEFAULTS = {"LTE_FSDP_PARAM_DTYPE": "", "LTE_FSDP_RESHARD": "1", "LTE_FSDP_SHARD_TEACHER": "0",
+                 "LTE_FSDP_PREFETCH": "1"}
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
                "ACCELERATE_USE_FSDP", "LTE_FSDP", "TORCHELASTIC_RUN_ID")
@@ -80,18 +92,55 @@ def device_name(device: str) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def setup_name(kind: str, procs: int, same_global: bool = False) -> str:
-    """Row name: 1gpu, fsdp-2gpu, ddp-2gpu (+ -same-global; FSDP rows also name non-default
-    LTE_FSDP_PARAM_DTYPE / LTE_FSDP_RESHARD=0, so variants are separate rows)."""
+def fsdp_variant_env(variant: str) -> dict[str, str]:
+    """The environment of one ``--fsdp-variants`` entry (``default``, ``bf16+noreshard``, ...)."""
+    env = {}
+    for knob in (k.strip() for k in variant.split("+")):
+        if knob == "default":
+            continue
+        if knob not in FSDP_KNOBS:
+            raise ValueError(f"FSDP variant {variant!r}: unknown knob {knob!r}; choose from "
+                             f"{['default', *FSDP_KNOBS]} joined with '+'")
+        var, value = FSDP_KNOBS[knob]
+        env[var] = value
+    return env
+
+
+def fsdp_settings(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The FSDP knobs a launch runs with: this process's environment overlaid by ``extra``,
+    normalised (lower case; "" for the default fp32 gather dtype)."""
+    env = {**os.environ, **(extra or {})}
+    out = {var: env.get(var, default).strip().lower() for var, default in FSDP_DEFAULTS.items()}
+    if out["LTE_FSDP_PARAM_DTYPE"] in ("none", "float32", "fp32"):
+        out["LTE_FSDP_PARAM_DTYPE"] = ""
+    for var in ("LTE_FSDP_RESHARD", "LTE_FSDP_SHARD_TEACHER", "LTE_FSDP_PREFETCH"):
+        out[var] = {"true": "1", "false": "0"}.get(out[var], out[var])
+    return out
+
+
+def fsdp_label(settings: dict[str, str]) -> str:
+    """The knobs of ``fsdp_settings`` that differ from the defaults, e.g. ``bf16,noreshard``."""
+    names = []
+    for var, value in settings.items():
+        if value == FSDP_DEFAULTS[var]:
+            continue
+        if var == "LTE_FSDP_PARAM_DTYPE":
+            names.append({"bfloat16": "bf16", "float16": "fp16"}.get(value, value))
+        else:
+            names.append(next((k for k, (v, val) in FSDP_KNOBS.items() if v == var and val == value),
+                              f"{var}={value}"))
+    return ",".join(names)
+
+
+def setup_name(kind: str, procs: int, same_global: bool = False, fsdp: dict[str, str] | None = None) -> str:
+    """Row name: 1gpu, fsdp-2gpu, ddp-2gpu (+ -same-global); FSDP rows add the non-default
+    knobs of ``fsdp`` (``fsdp_settings``, default: this environment's), e.g. fsdp-2gpu[bf16,noreshard]."""
     if kind == "1gpu":
         return "1gpu"
     name = f"{kind}-{procs}gpu"
     if kind == "fsdp":
-        dtype = os.environ.get("LTE_FSDP_PARAM_DTYPE", "").strip().lower()
-        if dtype not in ("", "none", "float32", "fp32"):
-            name += f"-{dtype}"
-        if os.environ.get("LTE_FSDP_RESHARD", "1").strip().lower() in ("0", "false"):
-            name += "-noreshard"
+        label = fsdp_label(fsdp if fsdp is not None else fsdp_settings())
+        name += f"[{label}]" if label else ""
     return name + ("-same-global" if same_global else "")
 
 
@@ -147,9 +196,12 @@ def _same(row: dict, key: dict) -> bool:
     return all(row.get(k) == v for k, v in key.items())
 
 
-def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_name: str) -> dict:
-    """Launch one setup, wait, and turn its log into a result row."""
-    name = setup_name(kind, procs, same_global)
+def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_name: str,
+              variant_env: dict[str, str] | None = None) -> dict:
+    """Launch one setup (an FSDP one with ``variant_env`` added to its environment), wait, and
+    turn its log into a result row."""
+    settings = fsdp_settings(variant_env) if kind == "fsdp" else None
+    name = setup_name(kind, procs, same_global, settings)
     run_dir = Path(a.work_dir) / name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the trainer appends to log.jsonl: start clean
@@ -163,11 +215,15 @@ def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_nam
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(NCCL_ENV)
     env.update(extra)
+    if kind == "fsdp":
+        env.update(variant_env or {})
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
     if a.device == "cpu" and a.threads:
         env["OMP_NUM_THREADS"] = str(a.threads)
     shown = " ".join(shlex.quote(x) for x in argv)
+    if kind == "fsdp" and variant_env:
+        shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in variant_env.items()) + " " + shown
     print(f"[{name}] {shown}", flush=True)
     t0 = time.perf_counter()
     with (run_dir / "launch.log").open("w") as log:
@@ -191,7 +247,7 @@ def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_nam
            "stage1_tokens_per_s": rate["stage1_tokens_per_s"], "stage2_tokens_per_s": rate["stage2_tokens_per_s"],
            "final_sparsity": train[-1]["sparsity"], "train_tokens": summary.get("train_tokens"),
            "val_perplexity": summary.get("val_perplexity"), "launch_s": wall, "model": a.model,
-           "target_sparsity": a.target_sparsity,
+           "target_sparsity": a.target_sparsity, "fsdp_env": settings,
            "note": "tokens_per_s: real input tokens over all processes per second of timed training steps "
                    "(first warmup_steps of each stage excluded, rounded up to 10-step log intervals); "
                    + ("per-GPU micro-batch divided by the process count: same global batch as 1gpu"
@@ -214,12 +270,12 @@ def _with_speedups(rows: list[dict]) -> None:
 
 def print_table(rows: list[dict]) -> None:
     """The results as a text table."""
-    print(f"\n{'setup':<24} {'procs':>5} {'micro/GPU':>9} {'global':>6} {'tokens/s':>10} {'speedup':>8} "
+    print(f"\n{'setup':<34} {'procs':>5} {'micro/GPU':>9} {'global':>6} {'tokens/s':>10} {'speedup':>8} "
           f"{'steps':>5} {'final loss':>10} {'peak GB':>8}")
     for r in rows:
         sp = f"{r['speedup_vs_1gpu']:.2f}x" if r.get("speedup_vs_1gpu") else "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") is not None else "-"
-        print(f"{r['setup']:<24} {r['num_processes']:>5} {r['per_gpu_micro_batch']:>9} {r['global_batch']:>6} "
+        print(f"{r['setup']:<34} {r['num_processes']:>5} {r['per_gpu_micro_batch']:>9} {r['global_batch']:>6} "
               f"{r['tokens_per_s']:>10.0f} {sp:>8} {r['steps_timed']:>5} {r['final_loss']:>10.3f} {mem:>8}")
     if rows:
         print(f"(device: {rows[0]['device']}; seq_len {rows[0]['seq_len']}; tokens/s = real tokens over all "
@@ -240,6 +296,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="where each setup's lte train output goes (default runs/multigpu)")
     ap.add_argument("--nproc", type=int, default=2, help="processes (GPUs) of the multi-process setups (default 2)")
     ap.add_argument("--setups", default="1gpu,fsdp,ddp", help="comma list of 1gpu, fsdp, ddp (default all three)")
+    ap.add_argument("--fsdp-variants", default="default",
+                    help="comma list of FSDP variants, each 'default' or knobs joined with '+' "
+                         f"({', '.join(FSDP_KNOBS)}), e.g. default,bf16,bf16+noreshard: one fsdp row each "
+                         "(default: 'default')")
     ap.add_argument("--same-global-batch", action="store_true",
                     help="also run the multi-process setups at the 1gpu global batch (per-GPU batch / nproc)")
     ap.add_argument("--batch-size", type=int, default=16, help="per-GPU micro-batch, sequences (default 16)")
@@ -281,24 +341,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.same_global_batch and a.batch_size % a.nproc:
         ap.error(f"--same-global-batch: --batch-size {a.batch_size} is not divisible by --nproc {a.nproc}")
 
+    try:
+        variants = [fsdp_variant_env(v) for v in a.fsdp_variants.split(",") if v.strip()]
+    except ValueError as e:
+        ap.error(f"--fsdp-variants: {e}")
+    if not variants:
+        ap.error("--fsdp-variants: no variant given")
+
     out = Path(a.out)
     rows: list[dict] = json.loads(out.read_text()) if out.is_file() else []
     dev = device_name(a.device)
-    plan = [(k, 1 if k == "1gpu" else a.nproc, a.batch_size, False) for k in kinds]
+
+    def expand(kind: str, procs: int, per_gpu: int, same: bool) -> list[tuple]:
+        return [(kind, procs, per_gpu, same, v) for v in (variants if kind == "fsdp" else [None])]
+
+    plan = [p for k in kinds for p in expand(k, 1 if k == "1gpu" else a.nproc, a.batch_size, False)]
     if a.same_global_batch:
-        plan += [(k, a.nproc, a.batch_size // a.nproc, True) for k in kinds if k != "1gpu"]
+        plan += [p for k in kinds if k != "1gpu" for p in expand(k, a.nproc, a.batch_size // a.nproc, True)]
     mine = []
-    for kind, procs, per_gpu, same in plan:
-        key = {"setup": setup_name(kind, procs, same), "num_processes": procs, "per_gpu_micro_batch": per_gpu,
-               "seq_len": a.seq_len, "stage1_steps": a.stage1_steps, "stage2_steps": a.stage2_steps,
-               "warmup_steps": a.warmup_steps, "device": dev, "model": a.model}
+    for kind, procs, per_gpu, same, venv in plan:
+        settings = fsdp_settings(venv) if kind == "fsdp" else None
+        base = {"setup": setup_name(kind, procs, same, settings), "num_processes": procs,
+                "per_gpu_micro_batch": per_gpu, "seq_len": a.seq_len, "stage1_steps": a.stage1_steps,
+                "stage2_steps": a.stage2_steps, "warmup_steps": a.warmup_steps, "device": dev, "model": a.model}
+        key = {**base, "fsdp_env": settings}  # FSDP rows measured before fsdp_env was recorded are rerun
         done = [r for r in rows if _same(r, key)]
         if done and not a.force:
             print(f"[{key['setup']}] already in {out}; skipped (--force reruns)", flush=True)
             mine.append(done[-1])
             continue
-        row = run_setup(a, kind, procs, per_gpu, same, dev)
-        rows = [r for r in rows if not _same(r, key)] + [row]
+        row = run_setup(a, kind, procs, per_gpu, same, dev, venv)
+        rows = [r for r in rows if not _same(r, base)] + [row]
         mine.append(row)
         _with_speedups(rows)
         _write(out, rows)

@@ -25,4 +25,35 @@ if os.environ.get("LTE_TEST_PERTURB") == "1" and os.environ.get("RANK", "0") != 
             p.add_(torch.randn_like(p))
 cfg = lte.TrainConfig(stage1_steps=steps1, stage2_steps=steps2, batch_size=batch, seq_len=24, lr=1e-3,
                       target_sparsity=0.4, log_every=1, eval_every=1000, save_every=3, distill_weight=0.5)
-train(model, cfg, blocks, None, out, resume=resume, progress=False)
+if os.environ.get("LTE_TEST_COUNT_COLLECTIVES") == "1":
+    # record the FSDP all-gathers / reduce-scatters (and all-reduces) each training step issues
+    import json
+
+    import torch.distributed as dist
+
+    from lte.train import Trainer
+    counts, per_step = {}, []
+
+    def counted(name):
+        fn = getattr(dist, name)
+
+        def call(*a, **k):
+            counts[name] = counts.get(name, 0) + 1
+            return fn(*a, **k)
+        return call
+
+    for name in ("all_gather_single", "reduce_scatter_single", "all_reduce"):
+        setattr(dist, name, counted(name))
+    step_fn = Trainer.train_step
+
+    def train_step(self):
+        counts.clear()
+        rec = step_fn(self)
+        per_step.append(dict(counts))
+        return rec
+    Trainer.train_step = train_step
+    train(model, cfg, blocks, None, out, resume=resume, progress=False)
+    if os.environ.get("RANK", "0") == "0":
+        Path(out, "collectives.json").write_text(json.dumps(per_step))
+else:
+    train(model, cfg, blocks, None, out, resume=resume, progress=False)

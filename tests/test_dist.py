@@ -15,9 +15,9 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = False, fsdp: bool = False,
-         perturb: bool = False) -> None:
+         perturb: bool = False, count: bool = False) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LTE_FSDP": "1" if fsdp else "0",
-           "LTE_TEST_PERTURB": "1" if perturb else "0"}
+           "LTE_TEST_PERTURB": "1" if perturb else "0", "LTE_TEST_COUNT_COLLECTIVES": "1" if count else "0"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
         env.pop(k, None)
     args = [str(WORKER), str(out), str(batch), str(s1), str(s2), "1" if resume else "0"]
@@ -65,11 +65,26 @@ def test_fsdp_takes_rank0_weights(tmp_path):
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
 
 
-def test_fsdp_without_reshard_matches_one_process(tmp_path, monkeypatch):
-    monkeypatch.setenv("LTE_FSDP_RESHARD", "0")  # parameters stay gathered from forward to backward
+# all-gathers per step of the tiny model's 3 FSDP units (2 blocks + root): forward, backward
+# (unless LTE_FSDP_RESHARD=0 keeps them gathered), and the teacher's forward only when sharded
+@pytest.mark.parametrize("knobs,gathers", [
+    ({}, 6),
+    ({"LTE_FSDP_RESHARD": "0"}, 3),
+    ({"LTE_FSDP_SHARD_TEACHER": "1", "LTE_FSDP_PREFETCH": "0"}, 9),
+], ids=["default", "noreshard", "shardteacher-noprefetch"])
+def test_fsdp_variants_match_one_process_and_count_collectives(tmp_path, monkeypatch, knobs, gathers):
+    for k in ("LTE_FSDP_RESHARD", "LTE_FSDP_SHARD_TEACHER", "LTE_FSDP_PREFETCH", "LTE_FSDP_PARAM_DTYPE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in knobs.items():
+        monkeypatch.setenv(k, v)
     _run(tmp_path / "one", 1, 4, 2, 1)
-    _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True)
+    _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True, count=True)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    per_step = json.loads((tmp_path / "two" / "collectives.json").read_text())
+    assert len(per_step) == 3
+    for counts in per_step[1:]:  # the first step also holds the one-time broadcasts' setup
+        assert counts.get("all_gather_single", 0) == gathers, per_step
+        assert counts.get("reduce_scatter_single", 0) == 3, per_step  # one per unit: the student's gradients

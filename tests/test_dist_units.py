@@ -8,9 +8,12 @@ from conftest import tiny_llama
 
 import lte
 from lte.dist import (
+    DistEnv,
     broadcast_from_main,
+    fsdp_forward_prefetch,
     fsdp_param_dtype,
     fsdp_reshard_after_forward,
+    fsdp_shard_teacher,
     local_device,
     shard_units,
 )
@@ -35,6 +38,20 @@ def test_fsdp_reshard_from_env(monkeypatch):
     monkeypatch.setenv("LTE_FSDP_RESHARD", "sometimes")
     with pytest.raises(ValueError, match="LTE_FSDP_RESHARD"):
         fsdp_reshard_after_forward()
+
+
+def test_fsdp_teacher_and_prefetch_knobs_from_env(monkeypatch):
+    for k in ("LTE_FSDP_SHARD_TEACHER", "LTE_FSDP_PREFETCH", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert fsdp_shard_teacher() is False and fsdp_forward_prefetch() is True  # replicated teacher, prefetch on
+    monkeypatch.setenv("LTE_FSDP_SHARD_TEACHER", "1")
+    monkeypatch.setenv("LTE_FSDP_PREFETCH", "false")
+    assert fsdp_shard_teacher() is True and fsdp_forward_prefetch() is False
+    monkeypatch.setenv("LTE_FSDP_SHARD_TEACHER", "yes")
+    with pytest.raises(ValueError, match="LTE_FSDP_SHARD_TEACHER"):
+        fsdp_shard_teacher()
+    teacher = tiny_llama()  # single process: prepare_teacher leaves it as it is
+    assert DistEnv().prepare_teacher(teacher) is teacher and not hasattr(teacher, "_lte_prepared")
 
 
 def test_shard_units_are_transformer_blocks():

@@ -61,6 +61,24 @@ def test_timed_rate_excludes_warmup_intervals():
         bench.timed_rate(recs, stage1_steps=20, warmup=15)
 
 
+def test_fsdp_variants_name_rows_and_set_env(monkeypatch):
+    bench = _bench()
+    for var in bench.FSDP_DEFAULTS:
+        monkeypatch.delenv(var, raising=False)
+    assert bench.fsdp_variant_env("default") == {}
+    env = bench.fsdp_variant_env("bf16+noreshard")
+    assert env == {"LTE_FSDP_PARAM_DTYPE": "bfloat16", "LTE_FSDP_RESHARD": "0"}
+    assert bench.setup_name("fsdp", 2, fsdp=bench.fsdp_settings(env)) == "fsdp-2gpu[bf16,noreshard]"
+    assert bench.setup_name("fsdp", 2, fsdp=bench.fsdp_settings({})) == "fsdp-2gpu"
+    assert bench.setup_name("fsdp", 2, True, bench.fsdp_settings(bench.fsdp_variant_env("shardteacher"))) \
+        == "fsdp-2gpu[shardteacher]-same-global"
+    assert bench.setup_name("ddp", 2) == "ddp-2gpu" and bench.setup_name("1gpu", 1) == "1gpu"
+    monkeypatch.setenv("LTE_FSDP_RESHARD", "false")  # knobs set by the caller are named too
+    assert bench.setup_name("fsdp", 2) == "fsdp-2gpu[noreshard]"
+    with pytest.raises(ValueError, match="unknown knob"):
+        bench.fsdp_variant_env("bf16+fast")
+
+
 @pytest.mark.slow
 def test_multigpu_benchmark_on_cpu_gloo(tmp_path):
     bench = _bench()

@@ -20,6 +20,16 @@ all-gather traffic; routers then see bf16-rounded weights and biases); ``LTE_FSD
 keeps each block's gathered parameters from forward to backward (one all-gather per block
 and step fewer, more memory). Gradients are reduced in fp32. Models and checkpoints are gathered to full tensors on save, so a
 checkpoint resumes on any number of processes with or without sharding.
+
+Per-step cost under FSDP (issue #5): every sharded unit costs an all-gather plus Python hook
+work per forward (and per backward), so the frozen distillation teacher is NOT sharded by
+default: each rank keeps a full replica (rank 0's weights, broadcast once; a 135M teacher is
+~0.5 GB in fp32), which removes one all-gather per block and step and the teacher's hooks, and
+computes exactly what one process computes. ``LTE_FSDP_SHARD_TEACHER=1`` shards it like the
+student (for a teacher too large to replicate). Each block also prefetches the next block's
+all-gather during its own forward (``set_modules_to_forward_prefetch``), so gathers overlap
+compute even where the host does not run ahead of the GPU; ``LTE_FSDP_PREFETCH=0`` turns that
+off (FSDP's implicit order only).
 """
 
 from __future__ import annotations
@@ -91,10 +101,26 @@ def fsdp_reshard_after_forward() -> bool:
     """Whether FSDP frees gathered parameters after each block's forward (the default, least
     memory) or keeps them until backward (``LTE_FSDP_RESHARD=0``: one all-gather per block
     and step fewer, ZeRO-2-like memory)."""
-    value = os.environ.get("LTE_FSDP_RESHARD", "1").strip().lower()
+    return _env_flag("LTE_FSDP_RESHARD", True)
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "1" if default else "0").strip().lower()
     if value not in ("0", "1", "false", "true"):
-        raise ValueError(f"LTE_FSDP_RESHARD={value!r}: expected 0 or 1")
+        raise ValueError(f"{name}={value!r}: expected 0 or 1")
     return value in ("1", "true")
+
+
+def fsdp_shard_teacher() -> bool:
+    """Whether FSDP shards the frozen distillation teacher too (``LTE_FSDP_SHARD_TEACHER=1``)
+    instead of keeping a full replica on every rank (the default: no per-step gathers)."""
+    return _env_flag("LTE_FSDP_SHARD_TEACHER", False)
+
+
+def fsdp_forward_prefetch() -> bool:
+    """Whether each FSDP block prefetches the next block's all-gather in forward (default;
+    ``LTE_FSDP_PREFETCH=0`` leaves FSDP's implicit prefetching only)."""
+    return _env_flag("LTE_FSDP_PREFETCH", True)
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -144,10 +170,26 @@ class DistEnv:
         if param_dtype is not None and self.acc.device.type == "cuda":
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         broadcast_from_main(model)
-        for block in shard_units(model):
+        units = shard_units(model)
+        for block in units:
             fully_shard(block, **kw)
         fully_shard(model, **kw)
+        if fsdp_forward_prefetch():
+            for block, nxt in zip(units, units[1:]):
+                block.set_modules_to_forward_prefetch([nxt])
         return model
+
+    def prepare_teacher(self, teacher: nn.Module, param_dtype: torch.dtype | None = None) -> nn.Module:
+        """Make the frozen teacher the same on every rank (once): sharded like the student when
+        FSDP and ``LTE_FSDP_SHARD_TEACHER=1``, else a full replica holding rank 0's weights."""
+        if self.acc is None or getattr(teacher, "_lte_prepared", False):
+            return teacher
+        if self.fsdp and fsdp_shard_teacher():
+            self.shard(teacher, param_dtype)
+        else:
+            broadcast_from_main(teacher)
+        teacher._lte_prepared = True
+        return teacher
 
     @property
     def is_main(self) -> bool:

@@ -175,8 +175,8 @@ class Trainer:
         cfg = self.cfg
         pdt = fsdp_param_dtype()  # None: gather fp32 (routers stay fp32); bf16 compute comes from autocast
         self.dist.shard(self.model, pdt)  # FSDP: shard before the optimizer sees the parameters
-        if self.teacher is not None:
-            self.dist.shard(self.teacher, pdt)
+        if self.teacher is not None:  # replicated per rank unless LTE_FSDP_SHARD_TEACHER=1 (no per-step gathers)
+            self.dist.prepare_teacher(self.teacher, pdt)
         routers = set(map(id, router_parameters(self.model)))
         body = [p for p in self.model.parameters() if id(p) not in routers]
         for p in body:
@@ -265,9 +265,8 @@ class Trainer:
         elif cfg.stage2_bias_gain > 0:  # routers' weights frozen; only their common bias follows the target
             shift = self.controller.bias_shift(cfg.stage1_steps, sparsity, gain=cfg.stage2_bias_gain)
         if shift:
-            with torch.no_grad():
-                for layer in self.layers:
-                    layer.router.bias.add_(shift)
+            with torch.no_grad():  # one foreach op (one DTensor dispatch under FSDP, not one per layer)
+                torch._foreach_add_([layer.router.bias for layer in self.layers], shift)
         gnorm = float(gnorm)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the step's kernels (optimizer included) are done
