@@ -29,7 +29,8 @@ computes exactly what one process computes. ``LTE_FSDP_SHARD_TEACHER=1`` shards 
 student (for a teacher too large to replicate). Each block also prefetches the next block's
 all-gather during its own forward (``set_modules_to_forward_prefetch``), so gathers overlap
 compute even where the host does not run ahead of the GPU; ``LTE_FSDP_PREFETCH=0`` turns that
-off (FSDP's implicit order only).
+off (FSDP's implicit order only). The root unit (embeddings, final norm, head) is never
+resharded between forward and backward.
 """
 
 from __future__ import annotations
@@ -173,7 +174,9 @@ class DistEnv:
         units = shard_units(model)
         for block in units:
             fully_shard(block, **kw)
-        fully_shard(model, **kw)
+        # root (embeddings, final norm, head): None lets FSDP keep it gathered from forward to
+        # backward (its parameters are needed again at once), which an explicit True would not
+        fully_shard(model, **{**kw, "reshard_after_forward": None if kw["reshard_after_forward"] else False})
         if fsdp_forward_prefetch():
             for block, nxt in zip(units, units[1:]):
                 block.set_modules_to_forward_prefetch([nxt])
