@@ -43,6 +43,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -202,7 +203,7 @@ def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_nam
     turn its log into a result row."""
     settings = fsdp_settings(variant_env) if kind == "fsdp" else None
     name = setup_name(kind, procs, same_global, settings)
-    run_dir = Path(a.work_dir) / name
+    run_dir = Path(a.work_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")  # fsdp-2gpu_bf16_noreshard
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the trainer appends to log.jsonl: start clean
     run_dir.mkdir(parents=True)
