@@ -7,6 +7,13 @@ writes ``OUT.json`` (a list of rows: method, target_sparsity, ffn_sparsity, bloc
 perplexity, gflops_per_token, train_tokens, ...), ``OUT_sparsity.png`` (perplexity vs
 neuron-level FFN sparsity), ``OUT_block.png`` (vs the 32-wide block sparsity a kernel gets),
 ``OUT_gflops.png``, and prints a table (perplexity; block sparsity in brackets).
+
+An input may also be a merged JSON file (to add rows to an earlier merge), and ``SRC=LABEL``
+renames that input's ``lte`` rows to ``LABEL`` and records its LTE settings in them (how the
+tuned LTE variants join the frontier beside the default ``lte`` rows):
+
+    python benchmarks/frontier_merge.py --out benchmarks/results/frontier_smollm2_wikitext2 \
+        benchmarks/results/frontier_smollm2_wikitext2.json runs/e8=lte-e8 runs/tuned=lte-tuned
 """
 
 from __future__ import annotations
@@ -17,14 +24,36 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lte.sweep import METHODS, load_rows, plot
+from lte.sweep import METHODS, load_rows, plot, read_rows_file
+
+LTE_SETTINGS = ("expert_size", "router_lr", "stage1_fraction", "train_steps", "distill_weight", "separability_weight",
+                "lr")
+
+
+def source_rows(spec: str) -> list[dict]:
+    """The rows of one input: ``DIR`` (an lte sweep folder) or a merged ``FILE.json``; with
+    ``=LABEL``, its ``lte`` rows are renamed LABEL and carry the sweep's LTE settings."""
+    src, _, label = spec.partition("=")
+    path = Path(src)
+    if path.is_file():
+        rows = read_rows_file(path)
+    elif (path / "results.json").is_file():
+        rows = load_rows(path)
+    else:
+        raise SystemExit(f"{src}: neither a merged JSON file nor an lte sweep folder with results.json")
+    if not label:
+        return rows
+    cfg_file = path / "sweep_config.json"
+    settings = json.loads(cfg_file.read_text())["settings"] if cfg_file.is_file() else {}
+    extra = {k: settings[k] for k in LTE_SETTINGS if k in settings}
+    return [{**r, "method": label, "lte_settings": extra} if r["method"] == "lte" else r for r in rows]
 
 
 def merge(dirs: list[str]) -> list[dict]:
-    """Rows of every folder; a (method, target) point found twice keeps the first folder's row."""
+    """Rows of every input; a (method, target) point found twice keeps the first input's row."""
     seen, rows = set(), []
     for d in dirs:
-        for r in load_rows(Path(d)):
+        for r in source_rows(d):
             key = (r["method"], round(float(r["target_sparsity"]), 6))
             if key not in seen:
                 seen.add(key)
@@ -50,14 +79,19 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dirs", nargs="+", help="lte sweep output folders")
+    ap.add_argument("dirs", nargs="+", help="lte sweep output folders or merged JSON files, each optionally "
+                                             "DIR=LABEL (its lte rows renamed LABEL)")
     ap.add_argument("--out", required=True, help="output path prefix (no extension)")
     ap.add_argument("--title", default="SmolLM2-135M, WikiText-2 test")
+    ap.add_argument("--no-plots", action="store_true", help="write the JSON and print the table only")
     a = ap.parse_args()
     rows = merge(a.dirs)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    if a.no_plots:
+        print(table(rows))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         plot(rows, Path(tmp), a.title)
         shutil.move(Path(tmp) / "sparsity.png", f"{out}_sparsity.png")

@@ -253,8 +253,9 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
             i = order.index(method) if method in order else len(order)
             rs = sorted(rs, key=lambda r: r[xkey])
             ys = [r[ykey] for r in rs]
-            lte_ = method == "lte"
-            style = dict(color="black" if lte_ else cmap(i % 20), label=method, linewidth=2.5 if lte_ else 1.3,
+            lte_ = method.startswith("lte")  # LTE and its tuned variants (frontier_merge labels) stand out
+            style = dict(color="black" if method == "lte" else cmap(i % 20), label=method,
+                         linewidth=2.5 if lte_ else 1.3,
                          zorder=3 if lte_ else 2)
             if method in SINGLE_POINT and xkey == "ffn_sparsity":
                 ax.axhline(ys[0], linestyle="--", **style)
