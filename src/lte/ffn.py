@@ -126,11 +126,11 @@ class LTEFFN(nn.Module):
             tok = tmask.sum()
         else:
             sel = selected.sum()
-            tok = torch.tensor(n_tokens, device=selected.device)
+            tok = torch.tensor(n_tokens)  # a CPU scalar: creating it on the GPU would sync the host every layer
         sel, tok = sel.detach(), tok.detach()
         self.last_selected, self.last_tokens = sel, tok
         self.cum_selected = sel if self.cum_selected is None else self.cum_selected + sel.to(self.cum_selected.device)
-        self.cum_tokens = tok if self.cum_tokens is None else self.cum_tokens + tok.to(self.cum_tokens.device)
+        self.cum_tokens = tok if self.cum_tokens is None else self.cum_tokens + tok  # CPU scalars mix freely
 
     # ----------------------------------------------------------------- forward
     def _intermediate(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +228,7 @@ class LTEFFN(nn.Module):
             v = v.detach().float()
             return (v * tmask.to(v.dtype)).sum() if tmask is not None else v.sum()
 
-        tok = tmask.sum() if tmask is not None else torch.tensor(n_tokens, device=active.device)
+        tok = tmask.sum() if tmask is not None else torch.tensor(n_tokens)  # CPU scalar: no host sync
         sel, blk, fl = total(active) * self.n_experts, total(block_active) * self.n_experts, total(flops)
         self.last_selected, self.last_tokens, self.last_block = sel, tok, blk
         if self.cum_selected is None or self.cum_block is None:
@@ -236,7 +236,7 @@ class LTEFFN(nn.Module):
         else:
             dev = self.cum_selected.device
             self.cum_selected = self.cum_selected + sel.to(dev)
-            self.cum_tokens = self.cum_tokens + tok.to(dev)
+            self.cum_tokens = self.cum_tokens + tok
             self.cum_block = self.cum_block + blk.to(dev)
             self.cum_flops = self.cum_flops + fl.to(dev)
 

@@ -143,6 +143,23 @@ def reset_stats(model: nn.Module) -> None:
         layer.reset_stats()
 
 
+def _host_values(values: list) -> list[float]:
+    """Scalars (tensors on any devices, or numbers) as floats, with one device-to-host copy per
+    device instead of one per value (each copy from a GPU waits for all its queued work)."""
+    out: list[float] = [0.0] * len(values)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(i)
+        else:
+            out[i] = float(v)
+    for idx in by_device.values():
+        host = torch.stack([values[i].detach().reshape(()).double() for i in idx]).cpu().tolist()
+        for i, x in zip(idx, host):
+            out[i] = x
+    return out
+
+
 def stats(model: nn.Module, cumulative: bool = False) -> dict[str, Any]:
     """FFN sparsity (fraction of expert blocks not computed) over real tokens.
 
@@ -150,14 +167,16 @@ def stats(model: nn.Module, cumulative: bool = False) -> dict[str, Any]:
     Keys: ``ffn_sparsity`` (mean over layers), ``per_layer`` (list), ``tokens``, ``mode``.
     """
     layers = lte_layers(model)
+    pairs = [(layer.cum_selected, layer.cum_tokens) if cumulative else (layer.last_selected, layer.last_tokens)
+             for layer in layers]
+    if any(sel is None for sel, _ in pairs):
+        raise ValueError("no forward pass recorded yet: run the model first")
+    values = _host_values([v for pair in pairs for v in pair])
     per_layer, tokens = [], 0
-    for layer in layers:
-        sel, tok = (layer.cum_selected, layer.cum_tokens) if cumulative else (layer.last_selected, layer.last_tokens)
-        if sel is None:
-            raise ValueError("no forward pass recorded yet: run the model first")
-        tok = int(tok)
+    for i, layer in enumerate(layers):
+        sel, tok = values[2 * i], int(values[2 * i + 1])
         tokens = max(tokens, tok)
-        per_layer.append(1.0 - float(sel) / max(tok * layer.n_experts, 1))
+        per_layer.append(1.0 - sel / max(tok * layer.n_experts, 1))
     return {"ffn_sparsity": sum(per_layer) / len(per_layer), "per_layer": per_layer, "tokens": tokens,
             "mode": layers[0].mode}
 
