@@ -161,6 +161,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
     """Time kernel, dense and index_select at LLaMA-2-7B FFN shapes."""
     d, f, s = 4096, 11008, 32
     dtype = torch.bfloat16
+    from lte.kernels.triton_ffn import default_variant
     ws = make_weights(args.copies, d, f, s, dtype, "cuda")
     checks = check_gpu(ws, d, s, batches=(1, 3, 8, 16) if not args.quick else (1, 8))
     for c in checks:
@@ -169,7 +170,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
     broken = {c["variant"] for c in bad}
     if bad:
         print(f"correctness check failed (these variants are not timed): {bad}")
-    if args.variant in broken:
+    if args.variant in broken or args.variant == "auto" and broken:
         raise SystemExit(f"the reported variant {args.variant!r} is wrong at full shapes")
     props = torch.cuda.get_device_properties(0)
     dense_bytes = 3 * f * d * 2
@@ -186,7 +187,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
             tsp = statistics.mean(1 - m.float().mean().item() for m in masks)
             variants = {}
             tried = (("splitk", dict(variant="splitk")), ("fused", dict(variant="fused")),
-                     ("splitk_e4d128", dict(variant="splitk", config=dict(epp=4, block_d=128))),
+                     ("splitk_e8d64", dict(variant="splitk", config=dict(epp=8, block_d=64))),
                      *((f"fused_k{k}d{dd}r{r}w{nw}",
                         dict(variant="fused", config=dict(block_k=k, block_d=dd, router_k=r, num_warps=nw)))
                        for k, dd, r, nw in FUSED_TRIES))
@@ -196,7 +197,8 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
                 variants[name] = time_cuda_graph(
                     lambda x, w, kw=kw, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton", **kw), xs, ws)
             best = min(variants, key=variants.get)
-            kernel_g = variants[args.variant]
+            reported = default_variant(batch) if args.variant == "auto" else args.variant
+            kernel_g = variants[reported]
             kernel_e = time_cuda_eager(lambda x, w, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton"), xs, ws)
             keep = max(1, int(round((1 - usp) * f)))  # cuBLAS on pre-sliced weights of the kept width
             sliced = [dict(wg=w["wg"][:keep], wu=w["wu"][:keep], wd=w["wd"][:, :keep].contiguous()) for w in ws]
@@ -285,8 +287,9 @@ def main() -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--copies", type=int, default=4, help="GPU weight copies rotated (each 0.27 GB)")
-    p.add_argument("--variant", choices=("splitk", "fused"), default="fused",
-                   help="GPU kernel variant reported as kernel_us (all are recorded)")
+    p.add_argument("--variant", choices=("auto", "splitk", "fused"), default="auto",
+                   help="GPU kernel variant reported as kernel_us (all are recorded); auto (default): the one "
+                        "inference runs at that batch (fused at 1 token, splitk above)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="GPU batch sizes")
     p.add_argument("--quick", action="store_true", help="GPU: time only the splitk and fused variants")
     p.add_argument("--reps", type=int, default=20, help="CPU repetitions")

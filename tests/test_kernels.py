@@ -197,6 +197,14 @@ def test_triton_variants(triton_ffn, variant, config, n):
         assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
 
 
+def test_triton_variant_follows_token_count(triton_ffn, monkeypatch):
+    """Inference runs fused at one token and splitk at several; LTE_TRITON_VARIANT forces one."""
+    monkeypatch.setattr(triton_ffn, "FORCED_VARIANT", None)
+    assert [triton_ffn.default_variant(n) for n in (1, 2, 16)] == ["fused", "splitk", "splitk"]
+    monkeypatch.setattr(triton_ffn, "FORCED_VARIANT", "fused")
+    assert triton_ffn.default_variant(8) == "fused"
+
+
 @pytest.mark.skipif(HAS_CUDA or not HAS_TRITON, reason="only for the CPU interpreter when in-process use is impossible")
 def test_triton_interpreter_in_subprocess(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -7,21 +7,22 @@ and ``w_down`` (all neuron-contiguous ``[f, d]``, so every load is a coalesced r
 read; for several tokens the union of their experts is read and each token is masked to its
 own experts in registers. Weights may be fp32/bf16/fp16; accumulation is fp32.
 
-``fused`` (default): one launch, one program per 32-neuron expert at 1 token (16-neuron slices
-for several tokens) doing router, gate/up, activation and down (atomic adds into an fp32
-output). Measured on an H100 (``benchmarks/KERNEL_NOTES.md``): correct at full shapes, but
-every program is a long chain of dependent memory round trips, so it is latency bound at
-decode sizes (1.2x dense at 50% sparsity, batch 1).
+Which variant runs is chosen by the token count (``LTE_TRITON_VARIANT`` forces one): ``fused``
+at one token, ``splitk`` at 2-16 tokens; on an H200 (``benchmarks/results/kernel_h200.json``)
+fused was 1.4x dense at 50% sparsity and batch 1 but 1.7x slower than splitk at batch 8.
 
-``splitk`` (opt-in, verified under the interpreter, not yet timed on a GPU), three launches that
-replace the long chains by thousands of short programs:
+``fused``: one launch, one program per 32-neuron expert at 1 token (16-neuron slices
+for several tokens) doing router, gate/up, activation and down (atomic adds into an fp32
+output), with large K/d chunks per program (few dependent memory round trips).
+
+``splitk``: three launches that replace the long chains by thousands of short programs:
 
 1. router, one program per expert: logits in fp32 -> mask; it also zeroes that expert's gate/up
    accumulators and initialises a slice of the fp32 output, so no memset launch is needed;
 2. gate/up, program (expert, 256-wide K chunk): short programs with all their loads in flight;
    partial sums go to fp32 accumulators with a few atomics;
-3. down, program (64-wide d block, 8 experts): bias, activation and token mask on the finished
-   sums, ``h @ w_down`` over the 8 experts in registers, one atomic add per output element.
+3. down, program (128-wide d block, 4 experts): bias, activation and token mask on the finished
+   sums, ``h @ w_down`` over the 4 experts in registers, one atomic add per output element.
 
 Batches above :data:`MAX_DECODE_TOKENS` are prefill: almost every expert is selected by some
 token, so the dispatcher (``lte.kernels.sparse_ffn``) uses the masked dense product (cuBLAS).
@@ -40,12 +41,14 @@ from .reference import ACTIVATIONS
 
 MAX_DECODE_TOKENS = 16
 VARIANTS = ("splitk", "fused")
-# The variant hard-mode inference uses; LTE_TRITON_VARIANT overrides it (benchmarks compare them).
-DEFAULT_VARIANT = os.environ.get("LTE_TRITON_VARIANT", "fused")
-if DEFAULT_VARIANT not in VARIANTS:
-    raise ValueError(f"LTE_TRITON_VARIANT={DEFAULT_VARIANT!r}: expected one of {VARIANTS}")
-# splitk tile sizes: gate/up K chunk, experts per down program, down d block, warps per program.
-SPLITK_CONFIG = {"block_k": 256, "epp": 8, "block_d": 64, "num_warps": 4}
+# LTE_TRITON_VARIANT forces one variant at every token count (benchmarks compare them); unset,
+# the fastest measured one per token count runs (see default_variant).
+FORCED_VARIANT = os.environ.get("LTE_TRITON_VARIANT") or None
+if FORCED_VARIANT is not None and FORCED_VARIANT not in VARIANTS:
+    raise ValueError(f"LTE_TRITON_VARIANT={FORCED_VARIANT!r}: expected one of {VARIANTS}")
+# splitk tile sizes: gate/up K chunk, experts per down program, down d block, warps per program
+# (4 experts x 128-wide d blocks beat 8 x 64 at batch 8 on an H100 and an H200).
+SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # fused tile sizes at one token (K chunk of gate/up, d chunk of down, router chunk, warps) and
 # at several tokens (tensor-core tiles). Larger chunks = fewer dependent memory round trips:
 # at LLaMA-2-7B shapes on an H200, 1024/1024/4096 with 8 warps was the fastest or near it at
@@ -56,6 +59,14 @@ FUSED_CONFIG = {"block_k": 1024, "block_d": 1024, "router_k": 4096, "num_warps":
 _ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def default_variant(n_tokens: int) -> str:
+    """The variant hard-mode inference runs for ``n_tokens`` tokens: ``fused`` at one token,
+    ``splitk`` at several (faster there at every sparsity measured), unless LTE_TRITON_VARIANT forces one."""
+    if FORCED_VARIANT is not None:
+        return FORCED_VARIANT
+    return "fused" if n_tokens == 1 else "splitk"
 
 
 @triton.jit
@@ -332,19 +343,22 @@ def sparse_ffn_triton(
     x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
     router_b: torch.Tensor | None, *, expert_size: int, act: str, w_gate: torch.Tensor | None = None,
     b_up: torch.Tensor | None = None, b_gate: torch.Tensor | None = None, b_down: torch.Tensor | None = None,
-    logit_threshold: float = 0.0, variant: str = DEFAULT_VARIANT, block_f: int | None = None,
+    logit_threshold: float = 0.0, variant: str | None = None, block_f: int | None = None,
     config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode-size sparse FFN (1..16 tokens) with no host synchronisation; returns ``(y, mask)``.
 
-    ``variant``: ``splitk`` (router kernel, split-K gate/up kernel, down kernel) or ``fused`` (one
-    launch, atomics per neuron slice); see the module docstring. ``config`` overrides entries of
+    ``variant``: ``splitk`` (router kernel, split-K gate/up kernel, down kernel), ``fused`` (one
+    launch, atomics per neuron slice) or None (:func:`default_variant` of the token count); see
+    the module docstring. ``config`` overrides entries of
     :data:`SPLITK_CONFIG` (tuning); ``block_f`` is the neuron slice of ``fused``.
     """
     _check(x, w_up, w_down, router_w, expert_size, act, w_gate)
     n, d = x.shape
     if not 1 <= n <= MAX_DECODE_TOKENS:
         raise ValueError(f"sparse_ffn_triton handles 1..{MAX_DECODE_TOKENS} tokens, got {n}")
+    chosen = variant is None
+    variant = default_variant(n) if chosen else variant
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     f = w_up.shape[0]
@@ -360,7 +374,7 @@ def sparse_ffn_triton(
     dummy = w_up
     opt = {"w_gate": w_gate, "router_b": router_b, "b_gate": b_gate, "b_up": b_up, "b_down": b_down}
     ptr = {k: (v if v is not None else dummy) for k, v in opt.items()}
-    env = _ENV_CONFIG if variant == DEFAULT_VARIANT else {}
+    env = _ENV_CONFIG if chosen else {}  # LTE_TRITON_CONFIG tunes the variant inference runs
     if variant == "splitk":
         cfg = {**SPLITK_CONFIG, **env, **(config or {})}
         warps = cfg["num_warps"]
