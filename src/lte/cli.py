@@ -213,10 +213,10 @@ def _add_sweep_parser(sub) -> None:
     w.add_argument("--dense-steps", dest="dense_steps", type=int, default=None,
                    help="dense fine-tuning steps of the shared starting model, before any method (default 0)")
     w.add_argument("--stage1-fraction", dest="stage1_fraction", type=float, default=None,
-                   help="LTE: share of --train-steps spent in stage 1 (default 0.5)")
+                   help="LTE: share of --train-steps spent in stage 1 (default 0.7)")
     w.add_argument("--lr", type=float, default=None, help="model learning rate of every trained method (default 5e-5)")
     w.add_argument("--router-lr", dest="router_lr", type=float, default=None,
-                   help="LTE router learning rate (default 2e-3)")
+                   help="LTE router learning rate (default 1e-2)")
     w.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="sequences per micro-batch (default 8)")
     w.add_argument("--grad-accum", dest="grad_accum", type=int, default=None,
                    help="micro-batches per optimizer step (default 1)")
