@@ -15,7 +15,8 @@ SAME per-GPU micro-batch, so the global batch grows with N (``global_batch`` in 
 ``--fsdp-variants`` runs the FSDP setup once per variant in one invocation: a comma list of
 ``+``-joined knobs (``default``; ``bf16``: LTE_FSDP_PARAM_DTYPE=bfloat16; ``noreshard``:
 LTE_FSDP_RESHARD=0; ``shardteacher``: LTE_FSDP_SHARD_TEACHER=1; ``noprefetch``:
-LTE_FSDP_PREFETCH=0; see ``lte.dist``), e.g. ``default,bf16,bf16+noreshard``. Each row is named
+LTE_FSDP_PREFETCH=0; ``units3``/``units6``/``units10``/``oneunit``: LTE_FSDP_BLOCKS_PER_UNIT=3/6/10/0;
+see ``lte.dist``), e.g. ``default,bf16,bf16+noreshard``. Each row is named
 after the knobs that differ from the defaults, e.g. ``fsdp-2gpu`` and ``fsdp-2gpu[bf16,noreshard]``
 (knobs set in the calling environment count too), and records them in ``fsdp_env``.
 
@@ -56,9 +57,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUPS = ("1gpu", "fsdp", "ddp")
 # --fsdp-variants knobs: name -> (environment variable, value); the defaults live in lte.dist
 FSDP_KNOBS = {"bf16": ("LTE_FSDP_PARAM_DTYPE", "bfloat16"), "noreshard": ("LTE_FSDP_RESHARD", "0"),
-              "shardteacher": ("LTE_FSDP_SHARD_TEACHER", "1"), "noprefetch": ("LTE_FSDP_PREFETCH", "0")}
+              "shardteacher": ("LTE_FSDP_SHARD_TEACHER", "1"), "noprefetch": ("LTE_FSDP_PREFETCH", "0"),
+              "units3": ("LTE_FSDP_BLOCKS_PER_UNIT", "3"), "units6": ("LTE_FSDP_BLOCKS_PER_UNIT", "6"),
+              "units10": ("LTE_FSDP_BLOCKS_PER_UNIT", "10"), "oneunit": ("LTE_FSDP_BLOCKS_PER_UNIT", "0")}
 FSDP_DEFAULTS = {"LTE_FSDP_PARAM_DTYPE": "", "LTE_FSDP_RESHARD": "1", "LTE_FSDP_SHARD_TEACHER": "0",
-                 "LTE_FSDP_PREFETCH": "1"}
+                 "LTE_FSDP_PREFETCH": "1", "LTE_FSDP_BLOCKS_PER_UNIT": "1"}
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
                "ACCELERATE_USE_FSDP", "LTE_FSDP", "TORCHELASTIC_RUN_ID")

@@ -68,13 +68,16 @@ def test_fsdp_takes_rank0_weights(tmp_path):
 # all-gathers per step of the tiny model's 3 FSDP units (2 blocks + root): 3 in forward, 2 in
 # backward (the root stays gathered; none with LTE_FSDP_RESHARD=0), and 2 more for the teacher's
 # blocks only when it is sharded (its root stays gathered after the first step)
-@pytest.mark.parametrize("knobs,gathers", [
-    ({}, 5),
-    ({"LTE_FSDP_RESHARD": "0"}, 3),
-    ({"LTE_FSDP_SHARD_TEACHER": "1", "LTE_FSDP_PREFETCH": "0"}, 7),
-], ids=["default", "noreshard", "shardteacher-noprefetch"])
-def test_fsdp_variants_match_one_process_and_count_collectives(tmp_path, monkeypatch, knobs, gathers):
-    for k in ("LTE_FSDP_RESHARD", "LTE_FSDP_SHARD_TEACHER", "LTE_FSDP_PREFETCH", "LTE_FSDP_PARAM_DTYPE"):
+# (LTE_FSDP_BLOCKS_PER_UNIT=2: both blocks form one unit, so 2 units: 2 + 1 gathers, 2 scatters)
+@pytest.mark.parametrize("knobs,gathers,scatters", [
+    ({}, 5, 3),
+    ({"LTE_FSDP_RESHARD": "0"}, 3, 3),
+    ({"LTE_FSDP_SHARD_TEACHER": "1", "LTE_FSDP_PREFETCH": "0"}, 7, 3),
+    ({"LTE_FSDP_BLOCKS_PER_UNIT": "2"}, 3, 2),
+], ids=["default", "noreshard", "shardteacher-noprefetch", "grouped"])
+def test_fsdp_variants_match_one_process_and_count_collectives(tmp_path, monkeypatch, knobs, gathers, scatters):
+    for k in ("LTE_FSDP_RESHARD", "LTE_FSDP_SHARD_TEACHER", "LTE_FSDP_PREFETCH", "LTE_FSDP_PARAM_DTYPE",
+              "LTE_FSDP_BLOCKS_PER_UNIT"):
         monkeypatch.delenv(k, raising=False)
     for k, v in knobs.items():
         monkeypatch.setenv(k, v)
@@ -88,4 +91,4 @@ def test_fsdp_variants_match_one_process_and_count_collectives(tmp_path, monkeyp
     assert len(per_step) == 3
     for counts in per_step[1:]:  # the first step also holds the one-time broadcasts' setup
         assert counts.get("all_gather_single", 0) == gathers, per_step
-        assert counts.get("reduce_scatter_single", 0) == 3, per_step  # one per unit: the student's gradients
+        assert counts.get("reduce_scatter_single", 0) == scatters, per_step  # one per unit: the student's gradients

@@ -18,7 +18,8 @@ default so the routers' logits stay fp32 (``Router`` casts to fp32, which cannot
 bf16 gather); ``LTE_FSDP_PARAM_DTYPE=bfloat16`` gathers in bf16 instead (half the
 all-gather traffic; routers then see bf16-rounded weights and biases); ``LTE_FSDP_RESHARD=0``
 keeps each block's gathered parameters from forward to backward (one all-gather per block
-and step fewer, more memory). Gradients are reduced in fp32. Models and checkpoints are gathered to full tensors on save, so a
+and step fewer, more memory); ``LTE_FSDP_BLOCKS_PER_UNIT=N`` groups N consecutive blocks into one unit
+(0: all of them), for fewer per-unit hooks and collectives. Gradients are reduced in fp32. Models and checkpoints are gathered to full tensors on save, so a
 checkpoint resumes on any number of processes with or without sharding.
 
 Per-step cost under FSDP (issue #5): every sharded unit costs an all-gather plus Python hook
@@ -112,6 +113,17 @@ def _env_flag(name: str, default: bool) -> bool:
     return value in ("1", "true")
 
 
+def fsdp_blocks_per_unit() -> int:
+    """Consecutive blocks grouped into one FSDP unit (``LTE_FSDP_BLOCKS_PER_UNIT``; default 1,
+    0 = all blocks in one unit). FSDP2's hooks cost CPU time per unit and per step, which a
+    small model whose training is already CPU-bound pays in full; larger units mean fewer
+    hooks and collectives at the cost of more gathered memory at once."""
+    value = os.environ.get("LTE_FSDP_BLOCKS_PER_UNIT", "1").strip()
+    if not value.isdigit():
+        raise ValueError(f"LTE_FSDP_BLOCKS_PER_UNIT={value!r}: expected an integer >= 0")
+    return int(value)
+
+
 def fsdp_shard_teacher() -> bool:
     """Whether FSDP shards the frozen distillation teacher too (``LTE_FSDP_SHARD_TEACHER=1``)
     instead of keeping a full replica on every rank (the default: no per-step gathers)."""
@@ -172,12 +184,14 @@ class DistEnv:
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         broadcast_from_main(model)
         units = shard_units(model)
-        for block in units:
-            fully_shard(block, **kw)
+        per = fsdp_blocks_per_unit() or max(len(units), 1)
+        groups = [units[i:i + per] for i in range(0, len(units), per)]
+        for group in groups:  # a list of modules is one FSDP unit: one all-gather and one set of hooks
+            fully_shard(group if len(group) > 1 else group[0], **kw)
         # root (embeddings, final norm, head): None lets FSDP keep it gathered from forward to
         # backward (its parameters are needed again at once), which an explicit True would not
         fully_shard(model, **{**kw, "reshard_after_forward": None if kw["reshard_after_forward"] else False})
-        if fsdp_forward_prefetch():
+        if fsdp_forward_prefetch() and per == 1:  # grouped units: FSDP's implicit prefetching only
             for block, nxt in zip(units, units[1:]):
                 block.set_modules_to_forward_prefetch([nxt])
         return model
