@@ -56,7 +56,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON file for the rows (written after every sparsity)")
     a = ap.parse_args()
-    from lte.bench import bench_generation, calibrate_router_bias, dense_copy
+    from lte.bench import (
+        bench_generation,
+        calibrate_router_bias,
+        dense_copy,
+        measured_sparsity,
+        prompt_inputs,
+    )
     from lte.sparsify import set_mode
 
     t0 = time.time()
@@ -71,11 +77,14 @@ def main() -> None:
     for target in [float(x) for x in a.sparsities.split(",")]:
         set_mode(model, "hard")
         calibrate_router_bias(model, calib, target)
+        # the sparsity generation runs at: one eager pass per target, shared by every setup
+        spars = measured_sparsity(model, prompt_inputs(None, a.prompt_len, a.device, vocab), a.new_tokens, None)
         res = []
         for setup in a.setups.split(","):  # one setup at a time: a failure in one keeps the others
             try:
                 res += bench_generation(model, None, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
-                                        repeats=a.repeats, setups=(setup,), dense=dense, vocab_size=vocab)
+                                        repeats=a.repeats, setups=(setup,), dense=dense, vocab_size=vocab,
+                                        sparsity=spars)
             except Exception as e:  # noqa: BLE001 - recorded in the results, then the next setup runs
                 print(f"[e2e] target {target}: {setup} failed: {type(e).__name__}: {e}", flush=True)
                 rows.append({"setup": setup, "target_sparsity": target, "error": f"{type(e).__name__}: {e}"[:500]})

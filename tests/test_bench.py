@@ -75,3 +75,23 @@ def test_bench_warmup_matches_timed_shapes_and_stats_off(monkeypatch):
     assert [c[1] for c in eager] == [16] * 4 + [32] * 4  # short warm-up, then 2 repeats x 2 models
     assert [c[1] for c in static] == [32] * 8
     assert not any(c[3] for c in calls) and model.lte_state.track_stats
+
+
+def test_e2e_gpu_script_runs_on_cpu(tmp_path, monkeypatch):
+    """benchmarks/e2e_gpu.py end to end on its tiny shape: one row per target and setup, the
+    sparsity measured once per target and near it (the router biases are calibrated to it)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "e2e_gpu.py"
+    spec = importlib.util.spec_from_file_location("e2e_gpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "e2e.json"
+    monkeypatch.setattr("sys.argv", ["e2e_gpu.py", "--shape", "tiny", "--device", "cpu", "--dtype", "float32",
+                                     "--setups", "eager,static", "--new-tokens", "8", "--prompt-len", "8",
+                                     "--repeats", "1", "--sparsities", "0.5", "--out", str(out)])
+    mod.main()
+    rows = json.loads(out.read_text())
+    assert [(r["target_sparsity"], r["setup"]) for r in rows] == [(0.5, "eager"), (0.5, "static")]
+    assert rows[0]["sparsity"] == rows[1]["sparsity"] and abs(rows[0]["sparsity"] - 0.5) < 0.25

@@ -61,7 +61,7 @@ def dense_copy(model: nn.Module) -> nn.Module:
     return dense
 
 
-def _prompt(tok, prompt_len: int, device, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
+def prompt_inputs(tok, prompt_len: int, device, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
     """A fixed English prompt of ``prompt_len`` tokens, or seeded random ids when ``tok`` is None
     (models with random weights have no tokenizer)."""
     if tok is None:
@@ -122,19 +122,23 @@ def measured_sparsity(model, enc: dict, new_tokens: int, pad_id: int | None) -> 
 
 def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256, repeats: int = 3,
                      setups: tuple[str, ...] = ("eager", "static+compile"), progress: bool = True,
-                     dense: nn.Module | None = None, vocab_size: int | None = None) -> list[dict]:
+                     dense: nn.Module | None = None, vocab_size: int | None = None,
+                     sparsity: float | None = None) -> list[dict]:
     """Dense vs LTE (hard mode) decode tokens/s for each setup, measured alternately; one row
     per setup with the medians, the ratio and the FFN sparsity LTE ran at.
 
     ``dense``: the dense reference (default: ``dense_copy(model)``; pass one to reuse it, and
     its compiled code, across calls). ``tok=None`` uses random prompt ids (needs ``vocab_size``).
+    ``sparsity``: the value ``measured_sparsity`` gave for this model and prompt (an eager
+    generation pass; default: measured here), so callers timing one setup per call pay it once.
     """
     set_mode(model, "hard")
     model.eval()
     dense = (dense if dense is not None else dense_copy(model)).eval()
-    enc = _prompt(tok, prompt_len, next(model.parameters()).device, vocab_size)
+    enc = prompt_inputs(tok, prompt_len, next(model.parameters()).device, vocab_size)
     pad_id = tok.pad_token_id if tok is not None else None
-    sparsity = measured_sparsity(model, enc, new_tokens, pad_id)
+    if sparsity is None:
+        sparsity = measured_sparsity(model, enc, new_tokens, pad_id)
     rows = []
     model.lte_state.track_stats = False  # no bookkeeping while timing; sparsity from the eager pass
     try:
