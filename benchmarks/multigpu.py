@@ -31,6 +31,12 @@ wall time of a launch).
 Writes ``--out`` (a JSON list, one object per setup) after each finished setup and skips
 setups already there with the same settings (``--force`` reruns them), then prints a table.
 
+``--profile START:COUNT`` sets ``LTE_PROFILE=START:COUNT`` for every launch (see ``lte.train``):
+each process writes ``profile_rank{R}.txt`` (and ``.json``, a chrome trace, when small enough)
+into its setup's run folder (``--work-dir``/<setup name>, e.g. ``fsdp-2gpu``); each row then
+records ``profile``. Profiled steps run slower: keep the window inside the untimed warm-up
+(e.g. ``5:5``, log steps 6-10, with the default ``--warmup-steps 10``) to leave tokens/s as it is.
+
 GPU (2 GPUs, about 3-4 minutes):
   PYTHONPATH=src python benchmarks/multigpu.py --model /root/m/smol.gguf \\
       --data .dev/data/wikitext-2/valid.txt --out benchmarks/results/multigpu.json
@@ -221,6 +227,8 @@ def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_nam
     env.update(extra)
     if kind == "fsdp":
         env.update(variant_env or {})
+    if a.profile:
+        env["LTE_PROFILE"] = a.profile
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
     if a.device == "cpu" and a.threads:
@@ -256,6 +264,10 @@ def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_nam
                    "(first warmup_steps of each stage excluded, rounded up to 10-step log intervals); "
                    + ("per-GPU micro-batch divided by the process count: same global batch as 1gpu"
                       if same_global else "same per-GPU micro-batch: the global batch scales with num_processes")}
+    if env.get("LTE_PROFILE", "").strip():
+        row["profile"] = env["LTE_PROFILE"].strip()
+        print(f"[{name}] profile (LTE_PROFILE={row['profile']}): {sorted(p.name for p in run_dir.glob('profile_rank*'))} "
+              f"in {run_dir}", flush=True)
     print(f"[{name}] {row['tokens_per_s']:.0f} tokens/s over {row['steps_timed']} timed steps, "
           f"final loss {row['final_loss']:.3f}, launch {wall:.0f} s", flush=True)
     return row
@@ -321,6 +333,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=1, help="cpu only: OMP threads per process (default 1)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds allowed per launch (default 900)")
     ap.add_argument("--force", action="store_true", help="rerun setups already in --out")
+    ap.add_argument("--profile", default="", metavar="START:COUNT",
+                    help="LTE_PROFILE for every launch: torch.profiler over optimizer steps START..START+COUNT-1 "
+                         "(from 0), reports in each setup's run folder (default: off)")
     a = ap.parse_args(argv)
     if a.device is None:
         a.device = "cuda" if shutil.which("nvidia-smi") and _cuda_available() else "cpu"
@@ -342,6 +357,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in ("batch_size", "seq_len", "stage1_steps", "stage2_steps"):
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.profile:
+        from lte.dist import profile_window
+        try:
+            profile_window(a.profile)
+        except ValueError as e:
+            ap.error(f"--profile: {e}")
     if a.same_global_batch and a.batch_size % a.nproc:
         ap.error(f"--same-global-batch: --batch-size {a.batch_size} is not divisible by --nproc {a.nproc}")
 

@@ -15,8 +15,8 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = False, fsdp: bool = False,
-         perturb: bool = False, count: bool = False) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LTE_FSDP": "1" if fsdp else "0",
+         perturb: bool = False, count: bool = False, profile: str = "") -> None:
+    env = {**os.environ, "LTE_PROFILE": profile, "OMP_NUM_THREADS": "1", "LTE_FSDP": "1" if fsdp else "0",
            "LTE_TEST_PERTURB": "1" if perturb else "0", "LTE_TEST_COUNT_COLLECTIVES": "1" if count else "0"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
         env.pop(k, None)
@@ -92,3 +92,17 @@ def test_fsdp_variants_match_one_process_and_count_collectives(tmp_path, monkeyp
     for counts in per_step[1:]:  # the first step also holds the one-time broadcasts' setup
         assert counts.get("all_gather_single", 0) == gathers, per_step
         assert counts.get("reduce_scatter_single", 0) == scatters, per_step  # one per unit: the student's gradients
+
+
+def test_fsdp_profile_writes_every_ranks_report(tmp_path):
+    """LTE_PROFILE under 2 FSDP processes: each rank writes its report (with its collectives per
+    phase), and the losses stay those of one unprofiled process."""
+    _run(tmp_path / "one", 1, 4, 2, 1)
+    _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True, profile="1:1")
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    for rank in (0, 1):
+        txt = (tmp_path / "two" / f"profile_rank{rank}.txt").read_text()
+        assert f"LTE_PROFILE=1:1 rank {rank}: 1 steps profiled" in txt
+        assert "lte/backward" in txt and "collectives/step" in txt

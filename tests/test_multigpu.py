@@ -79,6 +79,14 @@ def test_fsdp_variants_name_rows_and_set_env(monkeypatch):
         bench.fsdp_variant_env("bf16+fast")
 
 
+@pytest.mark.parametrize("bad", ["5", "2:0", "x:1"])
+def test_profile_flag_rejects_bad_windows(bad, tmp_path, capsys):
+    data = _text(tmp_path / "text.txt")
+    with pytest.raises(SystemExit):
+        _bench().main(["--data", str(data), "--device", "cpu", "--out", str(tmp_path / "o.json"), "--profile", bad])
+    assert "--profile: LTE_PROFILE=" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_multigpu_benchmark_on_cpu_gloo(tmp_path):
     bench = _bench()

@@ -20,6 +20,17 @@ records add ``interval_tokens`` / ``interval_s`` / ``interval_steps`` summed ove
 since the previous logged record (so a logged rate covers all steps, not a sample), and on
 CUDA ``peak_mem_gb`` (this process's peak allocated memory). ``train_tokens`` in the summary
 is the sum of ``tokens``.
+
+Profiling: ``LTE_PROFILE=START:COUNT`` (e.g. ``20:5``) runs ``torch.profiler`` (CPU, plus CUDA
+when available; no shapes, no stacks) around optimizer steps START..START+COUNT-1, counted
+from 0 (log records' ``step`` START+1..START+COUNT). Each step's phases are labelled
+(``lte/data``, ``lte/forward_loss``, ``lte/backward``, ``lte/stats``: sparsity and loss readout,
+``lte/grad_clip``, ``lte/optimizer_step``, ``lte/sync_log``: cross-process mean, controller,
+router-bias shift, CUDA sync). Every process writes ``out_dir/profile_rank{R}.txt`` (wall time of
+the profiled steps, host/device ms per phase, top-40 tables by self CPU and self device time) and
+``out_dir/profile_rank{R}.json`` (chrome trace; above 20 MB gzipped to ``.json.gz``, skipped if
+that is still above 20 MB; the txt says which).
+The profiler slows the profiled steps; their losses are unchanged.
 """
 
 from __future__ import annotations
@@ -36,12 +47,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_model as st_load_model
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .controller import SparsityController
 from .data import batch_indices
-from .dist import DistEnv, fsdp_param_dtype, is_sharded
+from .dist import DistEnv, StepProfiler, fsdp_param_dtype, is_sharded, profile_window
 from .io import WEIGHTS_FILE, save
 from .losses import router_losses
 from .sparsify import lte_layers, router_parameters, set_mode, stats
@@ -162,6 +174,7 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.logger = _Logger(self.out / "log.jsonl", _tensorboard(self.out) if self.dist.is_main else None,
                               enabled=self.dist.is_main)
+        self.profiler = StepProfiler(profile_window(), self.out, self.dist.rank)  # LTE_PROFILE (inactive unless set)
 
     # ------------------------------------------------------------------ setup
     @property
@@ -232,26 +245,35 @@ class Trainer:
             self._build_stage(stage)
         local = step if stage == 1 else step - cfg.stage1_steps
         self.model.train()
+        self.profiler.begin(step)
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
         spars = []
         n_tokens = 0
         self.opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
-            idx = self.dist.slice_batch(batch_indices(len(self.train_data), cfg.batch_size * self.dist.world,
-                                                step * cfg.grad_accum + micro, cfg.seed))
-            batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
-            n_tokens += real_tokens(batch)
-            loss, parts = self._loss(batch, stage, local)
-            (loss / cfg.grad_accum).backward()
-            spars.append(stats(self.model)["ffn_sparsity"])
-            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        self.opt.step()
-        self.sched.step()
+            with record_function("lte/data"):
+                idx = self.dist.slice_batch(batch_indices(len(self.train_data), cfg.batch_size * self.dist.world,
+                                                    step * cfg.grad_accum + micro, cfg.seed))
+                batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
+                n_tokens += real_tokens(batch)
+            with record_function("lte/forward_loss"):
+                loss, parts = self._loss(batch, stage, local)
+            with record_function("lte/backward"):
+                (loss / cfg.grad_accum).backward()
+            with record_function("lte/stats"):
+                spars.append(stats(self.model)["ffn_sparsity"])
+                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+                for k, v in parts.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
+        with record_function("lte/grad_clip"):
+            params = [p for g in self.opt.param_groups for p in g["params"]]
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        with record_function("lte/optimizer_step"):
+            self.opt.step()
+            self.sched.step()
+        sync = record_function("lte/sync_log")
+        sync.__enter__()
         sparsity = sum(spars) / len(spars)
         if self.dist.world > 1:  # every process must see the same numbers to take the same control action
             avg = self.dist.mean({**totals, "sparsity": sparsity, "_tokens": n_tokens})
@@ -270,7 +292,9 @@ class Trainer:
         gnorm = float(gnorm)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the step's kernels (optimizer included) are done
+        sync.__exit__(None, None, None)
         dt = time.perf_counter() - t0
+        self.profiler.end(step, dt)
         self.tokens_seen += n_tokens
         self._interval = [self._interval[0] + n_tokens, self._interval[1] + dt, self._interval[2] + 1]
         rec = {"kind": "train", "step": step + 1, "stage": stage, **totals, "sparsity": sparsity,
@@ -375,6 +399,7 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            self.profiler.close()  # a window cut short by the end of the run still gets its reports
         set_mode(self.model, "hard")
         self.model.eval()
         summary = {"steps": self.step, "train_tokens": self.tokens_seen,
