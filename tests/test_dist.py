@@ -105,4 +105,4 @@ def test_fsdp_profile_writes_every_ranks_report(tmp_path):
     for rank in (0, 1):
         txt = (tmp_path / "two" / f"profile_rank{rank}.txt").read_text()
         assert f"LTE_PROFILE=1:1 rank {rank}: 1 steps profiled" in txt
-        assert "lte/backward" in txt and "collectives/step" in txt
+        assert "lte/backward" in txt and "collectives/step" in txt and "FSDP::pre_forward" in txt

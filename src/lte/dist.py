@@ -267,12 +267,21 @@ def profile_window(value: str | None = None) -> tuple[int, int] | None:
 
 
 def _phase_counts(events) -> dict[str, dict[str, int]]:
-    """Per ``PROFILE_PHASES`` label: tensor-subclass dispatches, c10d collectives and CUDA kernel
-    launches that start inside one of its intervals (any thread: backward runs on another on GPU)."""
+    """Per ``PROFILE_PHASES`` label: its calls and host time (``host_us``), and the tensor-subclass
+    dispatches, c10d collectives and CUDA kernel launches that start inside one of its intervals
+    (any thread: backward runs on another on GPU)."""
     import bisect
-    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events if e.name in PROFILE_PHASES)
+
+    from torch.autograd import DeviceType
+    # the labels' host intervals (on GPU each label also has a device-side annotation event: not those)
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                   if e.name in PROFILE_PHASES and e.device_type == DeviceType.CPU)
     starts = [s[0] for s in spans]
     out: dict[str, dict[str, int]] = {}
+    for start, end, name in spans:
+        c = out.setdefault(name, {"calls": 0, "host_us": 0.0})
+        c["calls"] += 1
+        c["host_us"] += end - start
     for e in events:
         kind = ("subclass" if e.name == "PythonSubclass" else "collectives" if e.name.startswith("c10d::")
                 else "launches" if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC") else None)
@@ -280,8 +289,8 @@ def _phase_counts(events) -> dict[str, dict[str, int]]:
             continue
         i = bisect.bisect_right(starts, e.time_range.start) - 1
         if i >= 0 and e.time_range.start <= spans[i][1]:
-            c = out.setdefault(spans[i][2], {"subclass": 0, "collectives": 0, "launches": 0})
-            c[kind] += 1
+            c = out[spans[i][2]]
+            c[kind] = c.get(kind, 0) + 1
     return out
 
 
@@ -324,6 +333,8 @@ class StepProfiler:
         prof, self.prof, self.done = self.prof, None, True
         prof.__exit__(None, None, None)
         from pathlib import Path
+
+        from torch.autograd import DeviceType
         out = Path(self.out)
         ka = prof.key_averages()
         dev_key = "self_device_time_total" if hasattr(next(iter(ka), None), "self_device_time_total") else "self_cuda_time_total"
@@ -335,17 +346,27 @@ class StepProfiler:
         counts = _phase_counts(prof.events())
         n = max(len(self.step_s), 1)
         for name in PROFILE_PHASES:
-            e = by_name.get(name)
-            if e is None:
+            c = dict(counts.get(name, {}))
+            if not c:
                 continue
-            dev = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) / 1e3
-            c = counts.get(name, {})
-            lines.append(f"{name:<26} {e.count:>5}   {e.cpu_time_total / 1e3:>25.1f}   "
-                         f"{e.cpu_time_total / 1e3 / n:>7.1f}   {dev:>21.1f}   "
-                         + "  ".join(f"{k}/step {v / n:.0f}" for k, v in c.items()))
+            calls, host = c.pop("calls"), c.pop("host_us") / 1e3
+            e = by_name.get(name)
+            dev = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) / 1e3 if e is not None else 0.0
+            lines.append(f"{name:<26} {calls:>5}   {host:>25.1f}   {host / n:>7.1f}   {dev:>21.1f}   "
+                         + "  ".join(f"{k}/step {v / n:.0f}" for k, v in sorted(c.items())))
         lines.append("(host ms: the time the host spent inside the phase; on GPU its kernels may run later, "
                      "see device ms and the trace; subclass = tensor-subclass (DTensor) dispatches, "
                      "collectives = c10d ops, launches = CUDA kernel launches, all threads)")
+        hooks: dict[str, list[float]] = {}  # FSDP's own labelled host work, summed over its units
+        for e in prof.events():
+            if e.name.startswith("FSDP::") and e.device_type == DeviceType.CPU:
+                h = hooks.setdefault(e.name.split(" (")[0].split(" for ")[0], [0, 0.0])  # no unit names
+                h[0] += 1
+                h[1] += (e.time_range.end - e.time_range.start) / 1e3
+        if hooks:
+            lines += ["", "FSDP labels (all units; host ms/step, calls/step; nested labels count in their parents too)"]
+            lines += [f"{k:<40} {v[1] / n:>8.2f} ms  {v[0] / n:>6.0f} calls" for k, v in sorted(hooks.items(),
+                                                                                           key=lambda kv: -kv[1][1])]
         for title, key in (("self CPU time", "self_cpu_time_total"), ("self device time", dev_key)):
             lines += ["", f"== top 40 by {title} ==", ka.table(sort_by=key, row_limit=40, max_name_column_width=60)]
         trace = out / f"profile_rank{self.rank}.json"
