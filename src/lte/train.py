@@ -27,7 +27,8 @@ from 0 (log records' ``step`` START+1..START+COUNT). Each step's phases are labe
 (``lte/data``, ``lte/forward_loss``, ``lte/backward``, ``lte/stats``: sparsity and loss readout,
 ``lte/grad_clip``, ``lte/optimizer_step``, ``lte/sync_log``: cross-process mean, controller,
 router-bias shift, CUDA sync). Every process writes ``out_dir/profile_rank{R}.txt`` (wall time of
-the profiled steps, host/device ms per phase, top-40 tables by self CPU and self device time) and
+the profiled steps; per phase host/device ms and DTensor dispatches, collectives and kernel
+launches per step; FSDP's labels summed over units; top-40 tables by self CPU and self device time) and
 ``out_dir/profile_rank{R}.json`` (chrome trace; above 20 MB gzipped to ``.json.gz``, skipped if
 that is still above 20 MB; the txt says which).
 The profiler slows the profiled steps; their losses are unchanged.
