@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.profile:
-        from lte.dist import profile_window
+        from lte.profiling import profile_window
         try:
             profile_window(a.profile)
         except ValueError as e:

@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_llama
 
 import lte
-import lte.dist
-from lte.dist import PROFILE_PHASES, profile_window
+import lte.profiling
+from lte.profiling import PROFILE_PHASES, profile_window
 from lte.train import train
 
 
@@ -43,12 +43,12 @@ def test_profile_window_writes_reports_and_keeps_losses(tmp_path, monkeypatch):
     trace = tmp_path / "prof" / "profile_rank0.json"
     assert json.loads(trace.read_text())["traceEvents"] and "chrome trace: profile_rank0.json" in txt
     # a trace over the size limit is kept gzipped if that fits, else skipped; the txt says which
-    monkeypatch.setattr(lte.dist, "PROFILE_TRACE_MAX_BYTES", trace.stat().st_size // 2)
+    monkeypatch.setattr(lte.profiling, "PROFILE_TRACE_MAX_BYTES", trace.stat().st_size // 2)
     assert _run(tmp_path / "gz", monkeypatch, "1:2") == plain
     assert json.loads(gzip.decompress((tmp_path / "gz" / "profile_rank0.json.gz").read_bytes()))["traceEvents"]
     assert not (tmp_path / "gz" / "profile_rank0.json").exists()
     assert "gzipped" in (tmp_path / "gz" / "profile_rank0.txt").read_text()
-    monkeypatch.setattr(lte.dist, "PROFILE_TRACE_MAX_BYTES", 10)
+    monkeypatch.setattr(lte.profiling, "PROFILE_TRACE_MAX_BYTES", 10)
     _run(tmp_path / "big", monkeypatch, "1:2")
     assert not list((tmp_path / "big").glob("profile_rank0.json*"))
     assert "chrome trace skipped" in (tmp_path / "big" / "profile_rank0.txt").read_text()

@@ -54,9 +54,10 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .controller import SparsityController
 from .data import batch_indices
-from .dist import DistEnv, StepProfiler, fsdp_param_dtype, is_sharded, profile_window
+from .dist import DistEnv, fsdp_param_dtype, is_sharded
 from .io import WEIGHTS_FILE, save
 from .losses import router_losses
+from .profiling import StepProfiler, profile_window
 from .sparsify import lte_layers, router_parameters, set_mode, stats
 from .tasks import CausalLMTask, as_task_data
 
@@ -273,27 +274,25 @@ class Trainer:
         with record_function("lte/optimizer_step"):
             self.opt.step()
             self.sched.step()
-        sync = record_function("lte/sync_log")
-        sync.__enter__()
-        sparsity = sum(spars) / len(spars)
-        if self.dist.world > 1:  # every process must see the same numbers to take the same control action
-            avg = self.dist.mean({**totals, "sparsity": sparsity, "_tokens": n_tokens})
-            sparsity = avg.pop("sparsity")
-            n_tokens = int(round(avg.pop("_tokens") * self.dist.world))  # global: the sum over processes
-            totals = avg
-        shift = 0.0
-        if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
-            shift = self.controller.bias_shift(local, sparsity)
-            self.controller.update(local, sparsity)
-        elif cfg.stage2_bias_gain > 0:  # routers' weights frozen; only their common bias follows the target
-            shift = self.controller.bias_shift(cfg.stage1_steps, sparsity, gain=cfg.stage2_bias_gain)
-        if shift:
-            with torch.no_grad():  # one foreach op (one DTensor dispatch under FSDP, not one per layer)
-                torch._foreach_add_([layer.router.bias for layer in self.layers], shift)
-        gnorm = float(gnorm)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the step's kernels (optimizer included) are done
-        sync.__exit__(None, None, None)
+        with record_function("lte/sync_log"):  # cross-process mean, controller, bias shift, CUDA sync
+            sparsity = sum(spars) / len(spars)
+            if self.dist.world > 1:  # every process must see the same numbers to take the same control action
+                avg = self.dist.mean({**totals, "sparsity": sparsity, "_tokens": n_tokens})
+                sparsity = avg.pop("sparsity")
+                n_tokens = int(round(avg.pop("_tokens") * self.dist.world))  # global: the sum over processes
+                totals = avg
+            shift = 0.0
+            if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
+                shift = self.controller.bias_shift(local, sparsity)
+                self.controller.update(local, sparsity)
+            elif cfg.stage2_bias_gain > 0:  # routers' weights frozen; only their common bias follows the target
+                shift = self.controller.bias_shift(cfg.stage1_steps, sparsity, gain=cfg.stage2_bias_gain)
+            if shift:
+                with torch.no_grad():  # one foreach op (one DTensor dispatch under FSDP, not one per layer)
+                    torch._foreach_add_([layer.router.bias for layer in self.layers], shift)
+            gnorm = float(gnorm)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # the step's kernels (optimizer included) are done
         dt = time.perf_counter() - t0
         self.profiler.end(step, dt)
         self.tokens_seen += n_tokens
