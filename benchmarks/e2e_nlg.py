@@ -184,17 +184,24 @@ def lte_train_config(a, steps: int, target: float) -> lte.TrainConfig:
                            log_every=10, seed=0)
 
 
-def sparsify_lte(model, a) -> None:
-    """k-means experts of ``--expert-size`` neurons + routers (the LTE configuration both scripts use)."""
-    lte.sparsify(model, lte.LTEConfig(expert_size=a.expert_size, separability_weight=a.separability_weight),
-                 progress=False)
+def sparsify_lte(model, a, train_data=None) -> None:
+    """k-means experts of ``--expert-size`` neurons + routers (the LTE configuration both scripts use);
+    with ``--router-init calibrated`` the routers are fitted on the first 16 blocks of
+    ``train_data`` (baselines pass none: they do not use the LTE routers)."""
+    calib, init = None, a.router_init if train_data is not None else "random"
+    if init == "calibrated":
+        n = min(16, len(train_data))
+        calib = [{k: v for k, v in train_data.batch(torch.arange(i, min(i + 4, n))).items() if k != "labels"}
+                 for i in range(0, n, 4)]
+    lte.sparsify(model, lte.LTEConfig(expert_size=a.expert_size, separability_weight=a.separability_weight,
+                                      router_init=init), calibration=calib, progress=False)
 
 
 def train_lte(dense, a, target: float, steps: int, train_data, val_data, work: Path, tok, teacher) -> tuple[Any, dict]:
     """(LTE copy of ``dense`` trained at ``target`` for ``steps`` steps, trainer summary); resumes
     from ``work/lte_TARGET/checkpoint`` when a previous run left one."""
     m = copy.deepcopy(dense)
-    sparsify_lte(m, a)
+    sparsify_lte(m, a, train_data)
     tcfg = lte_train_config(a, steps, target)
     log(f"LTE {target:g}: {tcfg.stage1_steps} + {tcfg.stage2_steps} steps")
     summary = train(m, tcfg, train_data, val_data, work / f"lte_{target:g}", tokenizer=tok, teacher=teacher,
@@ -225,6 +232,8 @@ def add_training_args(ap: argparse.ArgumentParser, seq_len: int, epochs: int, sp
                     help="LTE separability loss weight (default 0: measured best with the ste gate)")
     ap.add_argument("--max-train-examples", type=int, default=None, help="use only the first N training examples")
     ap.add_argument("--expert-size", type=int, default=32, help="neurons per LTE expert block (default 32)")
+    ap.add_argument("--router-init", choices=["random", "calibrated"], default="random",
+                    help="LTE router start: random (default) or calibrated (fitted to expert importance first)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="torch device (default cuda when available)")
 

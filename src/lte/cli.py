@@ -39,6 +39,10 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
                    help="efficiency loss: mean score or mean squared score (default mean)")
     g.add_argument("--router-bias-init", type=float, default=3.0,
                    help="initial router bias: +3 starts with ~every expert on (default 3)")
+    g.add_argument("--router-init", choices=["random", "calibrated"], default="random",
+                   help="router weights at the start: random (default) or calibrated (fitted, on training "
+                        "batches, to predict each expert's contribution to the FFN output, so lowering the "
+                        "bias switches the least important experts off first; see lte.router_init)")
     t = p.add_argument_group("training")
     t.add_argument("--stage1-steps", type=int, default=None, help="optimizer steps of stage 1 (routers + model, soft)")
     t.add_argument("--stage2-steps", type=int, default=None, help="optimizer steps of stage 2 (frozen routers, hard)")
@@ -225,6 +229,9 @@ def _add_sweep_parser(sub) -> None:
                    help="weight of KL distillation from the starting model in every trained method (default 0.9)")
     w.add_argument("--separability-weight", dest="separability_weight", type=float, default=None,
                    help="LTE separability-loss weight (default 0)")
+    w.add_argument("--router-init", dest="router_init", choices=["random", "calibrated"], default=None,
+                   help="LTE router start: random (default) or calibrated (each router first fitted to its experts' "
+                        "importance on the calibration tokens; see lte.router_init)")
     w.add_argument("--aux-weight", dest="aux_weight", type=float, default=None,
                    help="noisy top-k: load-balancing (importance) loss weight (default 0.01)")
     w.add_argument("--expert-size", dest="expert_size", type=int, default=None,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 GROUPINGS = ("kmeans", "random", "coactivation")
+ROUTER_INITS = ("random", "calibrated")
 EFFICIENCY_LOSSES = ("mean", "square")
 MODES = ("dense", "soft", "hard")
 
@@ -53,7 +54,12 @@ class LTEConfig(_DictMixin):
     - ``router_bias_init``: routers start with this bias so that training begins with
       (almost) every expert on (sigmoid(3) = 0.95) instead of exactly at the threshold,
       where the separability loss is infinite and half the FFN would be cut at once.
-    - ``router_init_std``: std of the router weight init (scaled by 1/sqrt(d)).
+    - ``router_init``: "random" (default: weights of std ``router_init_std / sqrt(d)``) or
+      "calibrated" (each router starts as a ridge fit of its experts' importance on
+      calibration data, logits of spread ``router_init_std`` across experts, see
+      ``lte.router_init``; ``sparsify`` then needs ``calibration``).
+    - ``router_init_std``: std of the random router weight init (scaled by 1/sqrt(d)), or the
+      spread of the calibrated logits.
     - ``remainder``: when the FFN width is not a multiple of ``expert_size``: "error"
       (default) or "last" (the last expert is smaller; it is padded with zero neurons so
       blocks stay aligned).
@@ -67,6 +73,7 @@ class LTEConfig(_DictMixin):
     efficiency_loss: str = "mean"
     separability_eps: float = 1e-2
     router_bias_init: float = 3.0
+    router_init: str = "random"
     router_init_std: float = 1.0
     remainder: str = "error"
     kmeans_iters: int = 30
@@ -84,6 +91,8 @@ class LTEConfig(_DictMixin):
                f"efficiency_loss must be one of {EFFICIENCY_LOSSES}, got {self.efficiency_loss!r}")
         _check(self.separability_eps > 0, f"separability_eps must be > 0, got {self.separability_eps}")
         _check(math.isfinite(self.router_bias_init), "router_bias_init must be finite")
+        _check(self.router_init in ROUTER_INITS,
+               f"router_init must be one of {ROUTER_INITS}, got {self.router_init!r}")
         _check(self.router_init_std >= 0, f"router_init_std must be >= 0, got {self.router_init_std}")
         _check(self.remainder in ("error", "last"), f"remainder must be 'error' or 'last', got {self.remainder!r}")
         _check(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1, got {self.kmeans_iters}")

@@ -42,7 +42,8 @@ def build_configs(a) -> tuple[LTEConfig, TrainConfig]:
     eta = _opt(a, "efficiency_weight", 0.0)
     lcfg = LTEConfig(expert_size=a.expert_size, grouping=a.grouping, threshold=a.threshold, efficiency_weight=eta,
                      separability_weight=a.separability_weight, efficiency_loss=a.efficiency_loss,
-                     router_bias_init=a.router_bias_init, seed=a.seed)
+                     router_bias_init=a.router_bias_init, router_init=getattr(a, "router_init", "random"),
+                     seed=a.seed)
     if a.target_sparsity is None and a.efficiency_weight is None:
         raise ValueError("give --target-sparsity S (recommended) or --efficiency-weight W")
     tcfg = TrainConfig(

@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import baselines as B
-from .config import LTEConfig, TrainConfig
+from .config import ROUTER_INITS, LTEConfig, TrainConfig
 from .data import pack
 from .evaluate import perplexity
 from .sparsify import set_mode, sparsify
@@ -131,6 +131,7 @@ class SweepSettings:
     distill_weight: float = 0.9     # KL from the starting model, for every method that trains
     separability_weight: float = 0.0  # LTE (0 measured best with the straight-through gate)
     router_lr: float = 1e-2         # LTE router weights (as `lte train`; 1e-2 beat 2e-3 on SmolLM2)
+    router_init: str = "random"     # LTE: "calibrated" fits routers to expert importance first (lte.router_init)
     aux_weight: float = 1e-2        # noisy top-k: importance (load-balancing) loss weight
     eval_len: int = 1024
     eval_batch_size: int = 8
@@ -145,6 +146,8 @@ class SweepSettings:
             raise ValueError("train_steps and dense_steps must be >= 0")
         if not 0.0 < self.stage1_fraction < 1.0:
             raise ValueError(f"stage1_fraction must be in (0, 1), got {self.stage1_fraction}")
+        if self.router_init not in ROUTER_INITS:
+            raise ValueError(f"router_init must be one of {ROUTER_INITS}, got {self.router_init!r}")
         if self.calib_tokens < 1 or self.eval_len < 2 or self.seq_len < 2:
             raise ValueError("calib_tokens, eval_len and seq_len must be positive")
 
@@ -323,7 +326,7 @@ class _Context:
         for p in model.parameters():
             p.requires_grad_(False)
         self.lte_cfg = LTEConfig(expert_size=s.expert_size, grouping=s.grouping, seed=s.seed,
-                                 separability_weight=s.separability_weight)
+                                 separability_weight=s.separability_weight, router_init=s.router_init)
         sparsify(model, self.lte_cfg, calibration=self.calibration, progress=verbose)
         set_mode(model, "dense")
         self.base = model
@@ -521,6 +524,8 @@ def _check_config(out: Path, settings: SweepSettings, source: dict) -> None:
     cfg = {"settings": asdict(settings), "source": source}
     if path.is_file():
         old = json.loads(path.read_text())
+        # a setting added after the folder was written counts as its default value
+        old["settings"] = {**asdict(SweepSettings()), **old.get("settings", {})}
         diff = sorted(k for part in ("settings", "source")
                       for k in set(old.get(part, {})) | set(cfg[part])
                       if old.get(part, {}).get(k) != cfg[part].get(k))

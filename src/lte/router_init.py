@@ -1,0 +1,119 @@
+"""Calibrated router initialisation: start each router as a predictor of its experts' importance.
+
+A randomly initialised router ranks experts arbitrarily, so while the target controller lowers
+the biases in stage 1 experts switch off in an order that carries no information until the
+router weights have learnt one. Calibration fits each router, before training, to the dense
+model's own ranking: on calibration tokens it measures every expert's contribution to the FFN
+output (the L2 norm of ``h_e @ W_down[e]``, ``h_e`` the expert's block of intermediate
+activations), centres ``log`` of it across the experts of each token, and fits the
+router's linear map to that target by ridge regression (closed form, one small solve per
+layer). The fitted logits are rescaled to a spread (std across experts) of ``spread`` and
+centred on ``bias_init``, so training still starts with almost every expert on, but lowering
+the common bias now removes the least important experts first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from .ffn import LTEFFN
+
+
+@torch.no_grad()
+def expert_importance(layer: LTEFFN, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``[N, E]`` L2 norm of each expert's contribution to the FFN output for tokens ``x [N, d]``."""
+    s, e = layer.expert_size, layer.n_experts
+    down = layer.down.float().reshape(e, s, -1)  # [E, s, d]
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        h = layer._intermediate(x[i:i + chunk].to(layer.up.dtype)).float()
+        contrib = torch.einsum("nes,esd->ned", h.reshape(h.shape[0], e, s), down)
+        out.append(contrib.norm(dim=-1))
+    return torch.cat(out)
+
+
+def fit_router(x: torch.Tensor, importance: torch.Tensor, spread: float, bias_init: float,
+               ridge: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Ridge fit of ``x [N, d] -> log importance [N, E]`` (centred per token); returns the router
+    ``(weight [E, d], bias [E], r2)`` with logits of std ``spread`` across experts centred on
+    ``bias_init``, and the fit's R^2 on its own tokens (how predictable the ranking is)."""
+    x = x.double()
+    y = importance.double().clamp_min(1e-12).log()
+    y = y - y.mean(-1, keepdim=True)  # only the ranking within a token matters; the bias sets the level
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    xc, yc = x - mu_x, y - mu_y
+    n, d = xc.shape
+    cov = xc.T @ xc / n
+    cov = cov + ridge * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    w = torch.linalg.solve(cov, xc.T @ yc / n)  # [d, E]
+    c = mu_y - mu_x @ w
+    pred = x @ w + c
+    r2 = float(1 - ((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum().clamp_min(1e-12))
+    per_token = pred - pred.mean(-1, keepdim=True)
+    scale = spread / float(per_token.std().clamp_min(1e-12))
+    weight = (w.T * scale).float()
+    bias = (c * scale).float()
+    bias = bias - bias.mean() + bias_init
+    return weight, bias, r2
+
+
+def _collect_inputs(model: torch.nn.Module, layers: list[LTEFFN], calibration: Iterable,
+                    max_tokens: int) -> list[torch.Tensor]:
+    """FFN inputs ``[N, d]`` (real tokens only, fp32) of every LTE layer on ``calibration``."""
+    from .sparsify import get_mode, set_mode
+
+    xs: list[list[torch.Tensor]] = [[] for _ in layers]
+    counts = [0] * len(layers)
+
+    def make_hook(i: int, layer: LTEFFN):
+        def hook(module, args):
+            if counts[i] >= max_tokens:
+                return
+            x = args[0].detach()
+            m = layer.state.mask_for(x)
+            x = x[m] if m is not None else x.reshape(-1, x.shape[-1])
+            xs[i].append(x[: max_tokens - counts[i]].float())
+            counts[i] += xs[i][-1].shape[0]
+        return hook
+
+    mode = get_mode(model)
+    set_mode(model, "dense")
+    handles = [layer.register_forward_pre_hook(make_hook(i, layer)) for i, layer in enumerate(layers)]
+    dev = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in calibration:
+                if isinstance(batch, torch.Tensor):
+                    batch = {"input_ids": batch}
+                model(**{k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)})
+                if min(counts) >= max_tokens:
+                    break
+    finally:
+        for h in handles:
+            h.remove()
+        set_mode(model, mode)
+    if min(counts) == 0:
+        raise ValueError("calibration data produced no tokens")
+    return [torch.cat(x) for x in xs]
+
+
+def calibrate_routers(model: torch.nn.Module, calibration: Iterable, *, spread: float = 1.0,
+                      bias_init: float = 3.0, max_tokens: int = 8192, progress: bool = True) -> list[float]:
+    """Set every LTE router of ``model`` to its ridge fit of the experts' importance on
+    ``calibration`` batches (see the module docstring); returns each layer's fit R^2."""
+    from .sparsify import lte_layers
+
+    layers = lte_layers(model)
+    xs = _collect_inputs(model, layers, calibration, max_tokens)
+    r2s = []
+    for layer, x in tqdm(list(zip(layers, xs)), desc="calibrate routers", disable=not progress, leave=False):
+        with torch.no_grad():
+            imp = expert_importance(layer, x.to(layer.up.device))
+            w, b, r2 = fit_router(x.to(layer.up.device), imp, spread, bias_init)
+            layer.router.weight.copy_(w.to(layer.router.weight.device))
+            layer.router.bias.copy_(b.to(layer.router.bias.device))
+        r2s.append(r2)
+    return r2s
