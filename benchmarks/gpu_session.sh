@@ -7,7 +7,8 @@
 #                  change code under a running job), put an `lte` command on PATH
 #   sync           copy the code again (new jobs only)
 #   bg NAME GPU CMD...  start CMD in its own session (outlives the device call) on GPU(s) GPU,
-#                  log /root/res/logs/NAME.log, exit code /root/res/logs/NAME.rc
+#                  log /root/res/logs/NAME.log, exit code /root/res/logs/NAME.rc (CMD runs in a
+#                  subshell, so an `exit` inside it still leaves the .rc that waiting jobs poll for)
 #   wait NAME... [--max S]  wait until the named jobs end (or S seconds)
 #   status         one line per job (running / rc) and the last lines of each log
 #   collect        tar the results (no weights) into $OUT/res.tgz
@@ -31,7 +32,7 @@ case "$cmd" in
   bg)
     name=$1 gpu=$2; shift 2
     mkdir -p $R/logs; rm -f $R/logs/$name.rc
-    (cd /root/repo && OMP_NUM_THREADS=${OMP:-4} CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "$*; echo \$? > $R/logs/$name.rc" \
+    (cd /root/repo && OMP_NUM_THREADS=${OMP:-4} CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "( $* ); echo \$? > $R/logs/$name.rc" \
        > $R/logs/$name.log 2>&1 < /dev/null &)
     echo "started $name on GPU $gpu" ;;
   wait)

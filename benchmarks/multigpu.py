@@ -203,7 +203,9 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def _same(row: dict, key: dict) -> bool:
-    return all(row.get(k) == v for k, v in key.items())
+    """Whether ``row`` was measured with ``key``'s settings (rows written before ``train_args``
+    was recorded had none)."""
+    return all(row.get(k, "" if k == "train_args" else None) == v for k, v in key.items())
 
 
 def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_name: str,
@@ -259,7 +261,7 @@ def run_setup(a, kind: str, procs: int, per_gpu: int, same_global: bool, dev_nam
            "stage1_tokens_per_s": rate["stage1_tokens_per_s"], "stage2_tokens_per_s": rate["stage2_tokens_per_s"],
            "final_sparsity": train[-1]["sparsity"], "train_tokens": summary.get("train_tokens"),
            "val_perplexity": summary.get("val_perplexity"), "launch_s": wall, "model": a.model,
-           "target_sparsity": a.target_sparsity, "fsdp_env": settings,
+           "target_sparsity": a.target_sparsity, "fsdp_env": settings, "train_args": a.train_args,
            "note": "tokens_per_s: real input tokens over all processes per second of timed training steps "
                    "(first warmup_steps of each stage excluded, rounded up to 10-step log intervals); "
                    + ("per-GPU micro-batch divided by the process count: same global batch as 1gpu"
@@ -389,14 +391,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         base = {"setup": setup_name(kind, procs, same, settings), "num_processes": procs,
                 "per_gpu_micro_batch": per_gpu, "seq_len": a.seq_len, "stage1_steps": a.stage1_steps,
                 "stage2_steps": a.stage2_steps, "warmup_steps": a.warmup_steps, "device": dev, "model": a.model}
-        key = {**base, "fsdp_env": settings}  # FSDP rows measured before fsdp_env was recorded are rerun
+        # FSDP rows measured before fsdp_env was recorded are rerun; so are rows of other --train-args
+        key = {**base, "fsdp_env": settings, "train_args": a.train_args}
         done = [r for r in rows if _same(r, key)]
         if done and not a.force:
             print(f"[{key['setup']}] already in {out}; skipped (--force reruns)", flush=True)
             mine.append(done[-1])
             continue
         row = run_setup(a, kind, procs, per_gpu, same, dev, venv)
-        rows = [r for r in rows if not _same(r, base)] + [row]
+        rows = [r for r in rows if not _same(r, {**base, "train_args": a.train_args})] + [row]
         mine.append(row)
         _with_speedups(rows)
         _write(out, rows)

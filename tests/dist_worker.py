@@ -24,7 +24,8 @@ if os.environ.get("LTE_TEST_PERTURB") == "1" and os.environ.get("RANK", "0") != 
         for p in model.parameters():
             p.add_(torch.randn_like(p))
 cfg = lte.TrainConfig(stage1_steps=steps1, stage2_steps=steps2, batch_size=batch, seq_len=24, lr=1e-3,
-                      target_sparsity=0.4, log_every=1, eval_every=1000, save_every=3, distill_weight=0.5)
+                      target_sparsity=0.4, log_every=1, eval_every=1000, save_every=3, distill_weight=0.5,
+                      compile=os.environ.get("LTE_TEST_COMPILE") == "1")
 if os.environ.get("LTE_TEST_COUNT_COLLECTIVES") == "1":
     # record the FSDP all-gathers / reduce-scatters (and all-reduces) each training step issues
     import json

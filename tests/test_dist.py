@@ -15,8 +15,9 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 def _run(out: Path, procs: int, batch: int, s1: int, s2: int, resume: bool = False, fsdp: bool = False,
-         perturb: bool = False, count: bool = False, profile: str = "") -> None:
+         perturb: bool = False, count: bool = False, profile: str = "", compile: bool = False) -> None:
     env = {**os.environ, "LTE_PROFILE": profile, "OMP_NUM_THREADS": "1", "LTE_FSDP": "1" if fsdp else "0",
+           "LTE_TEST_COMPILE": "1" if compile else "0",
            "LTE_TEST_PERTURB": "1" if perturb else "0", "LTE_TEST_COUNT_COLLECTIVES": "1" if count else "0"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
         env.pop(k, None)
@@ -106,3 +107,14 @@ def test_fsdp_profile_writes_every_ranks_report(tmp_path):
         txt = (tmp_path / "two" / f"profile_rank{rank}.txt").read_text()
         assert f"LTE_PROFILE=1:1 rank {rank}: 1 steps profiled" in txt
         assert "lte/backward" in txt and "collectives/step" in txt and "FSDP::pre_forward" in txt
+
+
+def test_fsdp_with_compiled_blocks_matches_one_eager_process(tmp_path):
+    """``TrainConfig.compile`` under 2 FSDP processes (hooks eager around compiled block
+    forwards): the losses of one eager process."""
+    _run(tmp_path / "one", 1, 4, 2, 1)
+    _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True, compile=True)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=2e-3, abs=1e-4), (step, one, two)

@@ -58,6 +58,10 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ramp-fraction", type=float, default=0.5,
                    help="fraction of stage 1 over which the sparsity target ramps up from 0 (default 0.5)")
     t.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer block (student and teacher) during training: fewer "
+                        "kernel launches where the step is host-bound (small models on a GPU); first steps "
+                        "are slower while it compiles")
     t.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
                    help="autocast dtype (auto: bf16 on GPU, none on CPU)")
     t.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps")

@@ -118,7 +118,9 @@ class TrainConfig(_DictMixin):
     inputs drift as the model adapts. ``target_sparsity`` (if set) replaces the fixed
     efficiency weight by a feedback controller on it (see ``lte.controller``); the target
     is approached gradually (``ramp_fraction`` of stage 1) because switching half the
-    blocks off at once is what section 10 of the spec saw fail.
+    blocks off at once is what section 10 of the spec saw fail. ``compile``: ``torch.compile``
+    each transformer block (student and teacher) for the run (``lte.compiling``): fewer kernel
+    launches where training is host-bound.
     """
 
     stage1_steps: int = 200
@@ -146,6 +148,7 @@ class TrainConfig(_DictMixin):
     separability_ramp: bool = True
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
+    compile: bool = False
     eval_every: int = 50
     eval_batches: int = 16
     save_every: int = 100

@@ -51,7 +51,8 @@ def build_configs(a) -> tuple[LTEConfig, TrainConfig]:
         router_lr=_opt(a, "router_lr", 1e-2), batch_size=_opt(a, "batch_size", 8), grad_accum=a.grad_accum,
         seq_len=_opt(a, "seq_len", 512), distill_weight=_opt(a, "distill_weight", 0.5),
         target_sparsity=a.target_sparsity, ramp_fraction=a.ramp_fraction, mixed_precision=a.mixed_precision,
-        gradient_checkpointing=a.gradient_checkpointing, eval_every=_opt(a, "eval_every", 50),
+        gradient_checkpointing=a.gradient_checkpointing, compile=getattr(a, "compile", False),
+        eval_every=_opt(a, "eval_every", 50),
         stage1_gate=_opt(a, "stage1_gate", "ste"),
         save_every=_opt(a, "save_every", 100), seed=a.seed)
     return lcfg, tcfg

@@ -51,6 +51,7 @@ from safetensors.torch import load_model as st_load_model
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
+from .compiling import compile_blocks, uncompile_blocks
 from .config import TrainConfig
 from .controller import SparsityController
 from .data import batch_indices
@@ -210,6 +211,10 @@ class Trainer:
         set_mode(self.model, "soft" if stage == 1 else "hard")
         for layer in lte_layers(self.model):
             layer.soft_gate = cfg.stage1_gate
+        if cfg.compile:  # after sharding: FSDP's hooks stay eager around each compiled block forward
+            compile_blocks(self.model)
+            if self.teacher is not None:
+                compile_blocks(self.teacher)
         self.run_model = self.dist.wrap(self.model)  # re-wrapped per stage: the trainable set changed
         self._stage_built = stage
 
@@ -400,6 +405,9 @@ class Trainer:
         finally:
             bar.close()
             self.profiler.close()  # a window cut short by the end of the run still gets its reports
+            uncompile_blocks(self.model)  # the trained model leaves as a plain module (copies, saves)
+            if self.teacher is not None:
+                uncompile_blocks(self.teacher)
         set_mode(self.model, "hard")
         self.model.eval()
         summary = {"steps": self.step, "train_tokens": self.tokens_seen,
