@@ -89,19 +89,20 @@ def test_sweep_refuses_other_settings(tmp_path):
 
 def test_calibrated_lte_point_and_folders_written_before_a_setting_existed(tmp_path):
     cal = SweepSettings(**{**SETTINGS.__dict__, "router_init": "calibrated"})
+    rnd = SweepSettings(**{**SETTINGS.__dict__, "router_init": "random"})
     res = run_sweep(tmp_path / "cal", "lte", "0.5", _prepare([]), cal, {"model": "tiny"}, progress=False)
     row = res["rows"][0]
     assert row["method"] == "lte" and 0.0 <= row["ffn_sparsity"] <= 1.0
     with pytest.raises(ValueError, match="router_init"):
         SweepSettings(router_init="oracle")
-    # a folder whose sweep_config.json predates `router_init` resumes as if it held the default
-    run_sweep(tmp_path / "old", "base", "0.5", _prepare([]), SETTINGS, {"model": "tiny"}, progress=False)
+    # a folder whose sweep_config.json predates `router_init` was measured with random routers
+    run_sweep(tmp_path / "old", "base", "0.5", _prepare([]), rnd, {"model": "tiny"}, progress=False)
     cfg_path = tmp_path / "old" / "sweep_config.json"
     cfg = json.loads(cfg_path.read_text())
     del cfg["settings"]["router_init"]
     cfg_path.write_text(json.dumps(cfg))
     calls: list = []
-    run_sweep(tmp_path / "old", "base", "0.5", _prepare(calls), SETTINGS, {"model": "tiny"}, progress=False)
+    run_sweep(tmp_path / "old", "base", "0.5", _prepare(calls), rnd, {"model": "tiny"}, progress=False)
     assert calls == []  # nothing recomputed, no settings error
     with pytest.raises(ValueError, match="router_init"):
         run_sweep(tmp_path / "old", "base", "0.5", _prepare([]), cal, {"model": "tiny"}, progress=False)

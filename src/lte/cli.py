@@ -39,10 +39,10 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
                    help="efficiency loss: mean score or mean squared score (default mean)")
     g.add_argument("--router-bias-init", type=float, default=3.0,
                    help="initial router bias: +3 starts with ~every expert on (default 3)")
-    g.add_argument("--router-init", choices=["random", "calibrated"], default="random",
-                   help="router weights at the start: random (default) or calibrated (fitted, on training "
-                        "batches, to predict each expert's contribution to the FFN output, so lowering the "
-                        "bias switches the least important experts off first; see lte.router_init)")
+    g.add_argument("--router-init", choices=["random", "calibrated"], default="calibrated",
+                   help="router weights at the start: calibrated (default: fitted, on training batches, to "
+                        "predict each expert's contribution to the FFN output, so lowering the bias switches "
+                        "the least important experts off first; see lte.router_init) or random")
     t = p.add_argument_group("training")
     t.add_argument("--stage1-steps", type=int, default=None, help="optimizer steps of stage 1 (routers + model, soft)")
     t.add_argument("--stage2-steps", type=int, default=None, help="optimizer steps of stage 2 (frozen routers, hard)")
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="stage-1 steps (stage 2 gets half; default: sized to the device)")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.add_argument("--seed", type=int, default=0, help="random seed")
+    d.add_argument("--router-init", choices=["random", "calibrated"], default="calibrated",
+                   help="router weights at the start: calibrated (default: fitted to expert importance on the "
+                        "first training blocks, see lte.router_init) or random")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="two-stage LTE training of a model on text",
@@ -234,8 +237,8 @@ def _add_sweep_parser(sub) -> None:
     w.add_argument("--separability-weight", dest="separability_weight", type=float, default=None,
                    help="LTE separability-loss weight (default 0)")
     w.add_argument("--router-init", dest="router_init", choices=["random", "calibrated"], default=None,
-                   help="LTE router start: random (default) or calibrated (each router first fitted to its experts' "
-                        "importance on the calibration tokens; see lte.router_init)")
+                   help="LTE router start: calibrated (default: each router first fitted to its experts' "
+                        "importance on the calibration tokens; see lte.router_init) or random")
     w.add_argument("--aux-weight", dest="aux_weight", type=float, default=None,
                    help="noisy top-k: load-balancing (importance) loss weight (default 0.01)")
     w.add_argument("--expert-size", dest="expert_size", type=int, default=None,

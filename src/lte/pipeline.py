@@ -42,7 +42,7 @@ def build_configs(a) -> tuple[LTEConfig, TrainConfig]:
     eta = _opt(a, "efficiency_weight", 0.0)
     lcfg = LTEConfig(expert_size=a.expert_size, grouping=a.grouping, threshold=a.threshold, efficiency_weight=eta,
                      separability_weight=a.separability_weight, efficiency_loss=a.efficiency_loss,
-                     router_bias_init=a.router_bias_init, router_init=getattr(a, "router_init", "random"),
+                     router_bias_init=a.router_bias_init, router_init=getattr(a, "router_init", "calibrated"),
                      seed=a.seed)
     if a.target_sparsity is None and a.efficiency_weight is None:
         raise ValueError("give --target-sparsity S (recommended) or --efficiency-weight W")
@@ -293,8 +293,10 @@ def run_demo(a, device: str) -> dict:
     print(f"[lte demo] data: {source}; {train_blocks.numel()} training tokens, {val_ids.numel()} held-out tokens",
           flush=True)
     teacher = make_teacher(model)
-    lcfg = LTEConfig(seed=a.seed, separability_weight=0.0)  # the recipe measured best (BENCHMARKS.md)
-    sparsify(model, lcfg, progress=progress)
+    # the recipe measured best (BENCHMARKS.md)
+    lcfg = LTEConfig(seed=a.seed, separability_weight=0.0, router_init=getattr(a, "router_init", "calibrated"))
+    calib = [train_blocks[i:i + batch] for i in range(0, min(16, len(train_blocks)), batch)]
+    sparsify(model, lcfg, calibration=calib, progress=progress)
     set_mode(model, "dense")
     dense = perplexity(model, val_ids, seq_len=seq_len, batch_size=batch, progress=progress)
     dense_tps = _decode_speed(model, tok, device)

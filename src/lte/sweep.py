@@ -131,7 +131,7 @@ class SweepSettings:
     distill_weight: float = 0.9     # KL from the starting model, for every method that trains
     separability_weight: float = 0.0  # LTE (0 measured best with the straight-through gate)
     router_lr: float = 1e-2         # LTE router weights (as `lte train`; 1e-2 beat 2e-3 on SmolLM2)
-    router_init: str = "random"     # LTE: "calibrated" fits routers to expert importance first (lte.router_init)
+    router_init: str = "calibrated"  # LTE: fit routers to expert importance first (lte.router_init); or "random"
     aux_weight: float = 1e-2        # noisy top-k: importance (load-balancing) loss weight
     eval_len: int = 1024
     eval_batch_size: int = 8
@@ -519,13 +519,17 @@ def plan(methods: list[str], sparsities: list[float]) -> list[tuple[str, float]]
     return pts
 
 
+# settings that results folders written before the setting existed were measured with
+_SETTINGS_BEFORE_RECORDED = {"router_init": "random"}
+
+
 def _check_config(out: Path, settings: SweepSettings, source: dict) -> None:
     path = out / "sweep_config.json"
     cfg = {"settings": asdict(settings), "source": source}
     if path.is_file():
         old = json.loads(path.read_text())
-        # a setting added after the folder was written counts as its default value
-        old["settings"] = {**asdict(SweepSettings()), **old.get("settings", {})}
+        # a setting added after the folder was written counts as the value that was in effect before
+        old["settings"] = {**asdict(SweepSettings()), **_SETTINGS_BEFORE_RECORDED, **old.get("settings", {})}
         diff = sorted(k for part in ("settings", "source")
                       for k in set(old.get(part, {})) | set(cfg[part])
                       if old.get(part, {}).get(k) != cfg[part].get(k))
