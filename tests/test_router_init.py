@@ -72,3 +72,17 @@ def test_calibrated_init_needs_calibration_and_a_known_name():
         lte.sparsify(tiny_llama(), lte.LTEConfig(expert_size=16, router_init="calibrated"), progress=False)
     with pytest.raises(ConfigError, match="router_init"):
         lte.LTEConfig(router_init="oracle")
+
+
+def test_calibration_uses_real_tokens_only():
+    """Padded calibration batches (dicts with an attention mask): only the real tokens are fitted."""
+    model = tiny_llama()
+    lte.sparsify(model, lte.LTEConfig(expert_size=16), progress=False)
+    ids = torch.randint(0, 96, (3, 10), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    xs = _collect_inputs(model, lte_layers(model), [{"input_ids": ids, "attention_mask": mask}], max_tokens=10**6)
+    assert [x.shape[0] for x in xs] == [int(mask.sum())] * len(xs)
+    assert lte.sparsify(tiny_llama(), lte.LTEConfig(expert_size=16, router_init="calibrated"),
+                        calibration=[{"input_ids": ids, "attention_mask": mask}] * 8, progress=False) is not None
