@@ -191,8 +191,7 @@ def sparsify_lte(model, a, train_data=None) -> None:
     calib, init = None, a.router_init if train_data is not None else "random"
     if init == "calibrated":
         n = min(16, len(train_data))
-        calib = [{k: v for k, v in train_data.batch(torch.arange(i, min(i + 4, n))).items() if k != "labels"}
-                 for i in range(0, n, 4)]
+        calib = [train_data.batch(torch.arange(i, min(i + 4, n))) for i in range(0, n, 4)]
     lte.sparsify(model, lte.LTEConfig(expert_size=a.expert_size, separability_weight=a.separability_weight,
                                       router_init=init), calibration=calib, progress=False)
 

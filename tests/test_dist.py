@@ -36,16 +36,25 @@ def _losses(out: Path, key: str = "loss") -> dict[int, float]:
     return {r["step"]: r[key] for r in recs if r.get("kind") == "train"}
 
 
+def _assert_same_losses(one_dir: Path, two_dir: Path, steps: list[int] | None = None, rel: float = 1e-4,
+                        abs_: float = 1e-5) -> dict[int, float]:
+    """The two runs logged the same steps (``steps`` when given) with losses equal within
+    tolerance; returns the first run's losses."""
+    one, two = _losses(one_dir), _losses(two_dir)
+    if steps is not None:
+        assert sorted(one) == sorted(two) == steps
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=rel, abs=abs_), (step, one, two)
+    return one
+
+
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_match_one_and_resume_on_one(tmp_path, fsdp):
     _run(tmp_path / "one", 1, 4, 4, 2)
     _run(tmp_path / "two", 2, 2, 4, 2, fsdp=fsdp)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["parallel"] == ("fsdp" if fsdp else "ddp")
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(one) == sorted(two) == list(range(1, 7))
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    one = _assert_same_losses(tmp_path / "one", tmp_path / "two", list(range(1, 7)))
     # throughput counts the global batch's tokens (4 blocks of 24), not one process's slice
     assert set(_losses(tmp_path / "two", "tokens").values()) == set(_losses(tmp_path / "one", "tokens").values()) == {96}
     assert summary["train_tokens"] == 6 * 96
@@ -61,9 +70,7 @@ def test_fsdp_takes_rank0_weights(tmp_path):
     train rank 0's model under FSDP: the same losses as one process."""
     _run(tmp_path / "one", 1, 4, 3, 0)
     _run(tmp_path / "two", 2, 2, 3, 0, fsdp=True, perturb=True)
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    _assert_same_losses(tmp_path / "one", tmp_path / "two")
 
 
 # all-gathers per step of the tiny model's 3 FSDP units (2 blocks + root): 3 in forward, 2 in
@@ -84,10 +91,7 @@ def test_fsdp_variants_match_one_process_and_count_collectives(tmp_path, monkeyp
         monkeypatch.setenv(k, v)
     _run(tmp_path / "one", 1, 4, 2, 1)
     _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True, count=True)
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    _assert_same_losses(tmp_path / "one", tmp_path / "two", [1, 2, 3])
     per_step = json.loads((tmp_path / "two" / "collectives.json").read_text())
     assert len(per_step) == 3
     for counts in per_step[1:]:  # the first step also holds the one-time broadcasts' setup
@@ -100,9 +104,7 @@ def test_fsdp_profile_writes_every_ranks_report(tmp_path):
     phase), and the losses stay those of one unprofiled process."""
     _run(tmp_path / "one", 1, 4, 2, 1)
     _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True, profile="1:1")
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (step, one, two)
+    _assert_same_losses(tmp_path / "one", tmp_path / "two")
     for rank in (0, 1):
         txt = (tmp_path / "two" / f"profile_rank{rank}.txt").read_text()
         assert f"LTE_PROFILE=1:1 rank {rank}: 1 steps profiled" in txt
@@ -114,7 +116,4 @@ def test_fsdp_with_compiled_blocks_matches_one_eager_process(tmp_path):
     forwards): the losses of one eager process."""
     _run(tmp_path / "one", 1, 4, 2, 1)
     _run(tmp_path / "two", 2, 2, 2, 1, fsdp=True, compile=True)
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=2e-3, abs=1e-4), (step, one, two)
+    _assert_same_losses(tmp_path / "one", tmp_path / "two", [1, 2, 3], rel=2e-3, abs_=1e-4)

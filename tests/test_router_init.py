@@ -7,8 +7,9 @@ import torch
 from conftest import FAMILIES, tiny_llama
 
 import lte
+from lte.baselines.base import capture_ffn_inputs
 from lte.config import ConfigError
-from lte.router_init import _collect_inputs, expert_importance, fit_router
+from lte.router_init import expert_importance, fit_router
 from lte.sparsify import lte_layers
 
 
@@ -42,7 +43,7 @@ def test_calibrated_routers_keep_more_of_the_ffn_than_random(family):
         model = FAMILIES[family]()
         lte.sparsify(model, lte.LTEConfig(expert_size=8, router_init=init), calibration=calib, progress=False)
         layers = lte_layers(model)
-        xs = _collect_inputs(model, layers, held, max_tokens=10**6)
+        xs = capture_ffn_inputs(model, held, max_tokens=10**6, mode="dense")
         kept = []
         for layer, x in zip(layers, xs):
             imp = expert_importance(layer, x)
@@ -82,7 +83,7 @@ def test_calibration_uses_real_tokens_only():
     mask = torch.ones(3, 10, dtype=torch.long)
     mask[1, 6:] = 0
     mask[2, 3:] = 0
-    xs = _collect_inputs(model, lte_layers(model), [{"input_ids": ids, "attention_mask": mask}], max_tokens=10**6)
+    xs = capture_ffn_inputs(model, [{"input_ids": ids, "attention_mask": mask}], max_tokens=10**6, mode="dense")
     assert [x.shape[0] for x in xs] == [int(mask.sum())] * len(xs)
     assert lte.sparsify(tiny_llama(), lte.LTEConfig(expert_size=16, router_init="calibrated"),
                         calibration=[{"input_ids": ids, "attention_mask": mask}] * 8, progress=False) is not None

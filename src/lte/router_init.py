@@ -60,59 +60,21 @@ def fit_router(x: torch.Tensor, importance: torch.Tensor, spread: float, bias_in
     return weight, bias, r2
 
 
-def _collect_inputs(model: torch.nn.Module, layers: list[LTEFFN], calibration: Iterable,
-                    max_tokens: int) -> list[torch.Tensor]:
-    """FFN inputs ``[N, d]`` (real tokens only, fp32) of every LTE layer on ``calibration``."""
-    from .sparsify import get_mode, set_mode
-
-    xs: list[list[torch.Tensor]] = [[] for _ in layers]
-    counts = [0] * len(layers)
-
-    def make_hook(i: int, layer: LTEFFN):
-        def hook(module, args):
-            if counts[i] >= max_tokens:
-                return
-            x = args[0].detach()
-            m = layer.state.mask_for(x)
-            x = x[m] if m is not None else x.reshape(-1, x.shape[-1])
-            xs[i].append(x[: max_tokens - counts[i]].float())
-            counts[i] += xs[i][-1].shape[0]
-        return hook
-
-    mode = get_mode(model)
-    set_mode(model, "dense")
-    handles = [layer.register_forward_pre_hook(make_hook(i, layer)) for i, layer in enumerate(layers)]
-    dev = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for batch in calibration:
-                if isinstance(batch, torch.Tensor):
-                    batch = {"input_ids": batch}
-                model(**{k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)})
-                if min(counts) >= max_tokens:
-                    break
-    finally:
-        for h in handles:
-            h.remove()
-        set_mode(model, mode)
-    if min(counts) == 0:
-        raise ValueError("calibration data produced no tokens")
-    return [torch.cat(x) for x in xs]
-
-
 def calibrate_routers(model: torch.nn.Module, calibration: Iterable, *, spread: float = 1.0,
                       bias_init: float = 3.0, max_tokens: int = 8192, progress: bool = True) -> list[float]:
     """Set every LTE router of ``model`` to its ridge fit of the experts' importance on
     ``calibration`` batches (see the module docstring); returns each layer's fit R^2."""
+    from .baselines.base import capture_ffn_inputs
     from .sparsify import lte_layers
 
-    layers = lte_layers(model)
-    xs = _collect_inputs(model, layers, calibration, max_tokens)
+    xs = capture_ffn_inputs(model, calibration, max_tokens=max_tokens, mode="dense")
     r2s = []
-    for layer, x in tqdm(list(zip(layers, xs)), desc="calibrate routers", disable=not progress, leave=False):
+    for layer, x in tqdm(list(zip(lte_layers(model), xs)), desc="calibrate routers", disable=not progress,
+                         leave=False):
         with torch.no_grad():
-            imp = expert_importance(layer, x.to(layer.up.device))
-            w, b, r2 = fit_router(x.to(layer.up.device), imp, spread, bias_init)
+            x = x.to(layer.up.device)
+            imp = expert_importance(layer, x)
+            w, b, r2 = fit_router(x, imp, spread, bias_init)
             layer.router.weight.copy_(w.to(layer.router.weight.device))
             layer.router.bias.copy_(b.to(layer.router.bias.device))
         r2s.append(r2)

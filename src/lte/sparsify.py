@@ -70,8 +70,9 @@ def sparsify(model: nn.Module, cfg: LTEConfig | None = None, calibration: Iterab
 
     The model starts in ``dense`` mode, where it computes what it computed before (up to
     float reordering). ``calibration`` (batches of token ids, or dicts of model inputs) is
-    needed only for ``grouping='coactivation'`` and ``router_init='calibrated'``. ``group=False`` keeps the neuron order (used
-    when loading a saved LTE model, whose weights are already permuted).
+    needed only for ``grouping='coactivation'`` and ``router_init='calibrated'``.
+    ``group=False`` keeps the neuron order (used when loading a saved LTE model, whose weights
+    are already permuted).
     """
     cfg = cfg or LTEConfig()
     if getattr(model, "lte_config", None) is not None:
