@@ -26,8 +26,8 @@ from pathlib import Path
 
 from lte.sweep import METHODS, load_rows, plot, read_rows_file
 
-LTE_SETTINGS = ("expert_size", "router_lr", "stage1_fraction", "train_steps", "distill_weight", "separability_weight",
-                "lr")
+LTE_SETTINGS = ("expert_size", "router_lr", "router_init", "stage1_fraction", "train_steps", "distill_weight",
+                "separability_weight", "lr")
 
 
 def source_rows(spec: str) -> list[dict]:
