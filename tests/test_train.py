@@ -137,3 +137,24 @@ def test_compiled_blocks_train_like_eager(tmp_path):
     assert len(runs[True]) == 5
     assert counters["stats"]["unique_graphs"] >= 1  # the blocks really ran compiled
     assert runs[True] == pytest.approx(runs[False], rel=2e-3, abs=1e-4)
+
+
+def test_compiled_training_compiles_once_per_mode_not_per_layer(tmp_path):
+    """The compiled blocks of a deeper model reuse the same graphs: no KV cache is built during
+    training (its per-layer guards once recompiled every block until Dynamo's limit sent the
+    rest of the run back to eager), and the model's ``use_cache`` is restored afterwards."""
+    from torch._dynamo.utils import counters
+    blocks = _blocks()
+    kw = dict(stage1_steps=2, stage2_steps=2, batch_size=4, seq_len=24, lr=1e-3, target_sparsity=0.4,
+              log_every=1, eval_every=1000, save_every=1000, distill_weight=0.5, compile=True)
+    graphs = {}
+    for depth in (2, 6):
+        torch._dynamo.reset()
+        counters.clear()
+        m = lte.sparsify(tiny_llama(num_hidden_layers=depth), lte.LTEConfig(expert_size=16), progress=False)
+        assert m.config.use_cache
+        train(m, lte.TrainConfig(**kw), blocks, blocks[:8], tmp_path / str(depth), progress=False)
+        graphs[depth] = counters["stats"]["unique_graphs"]
+        assert m.config.use_cache
+    assert graphs[6] == graphs[2]
+

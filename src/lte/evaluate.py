@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .models import without_kv_cache
 from .sparsify import get_mode, lte_layers, reset_stats, stats
 
 
@@ -110,7 +111,7 @@ def perplexity(model, ids: torch.Tensor, seq_len: int = 1024, batch_size: int = 
     nll, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for i in tqdm(range(0, n_win, batch_size), desc="eval", disable=not progress, leave=False):
         x = windows[i:i + batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), without_kv_cache(model):
             logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
                                reduction="sum")

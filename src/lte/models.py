@@ -3,6 +3,7 @@ saved LTE directories, all to a ``(model, tokenizer)`` pair."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -48,6 +49,25 @@ DEFAULT_MODEL = "smollm2-135m"
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def without_kv_cache(*models: nn.Module | None):
+    """Run forward passes with ``config.use_cache = False`` on ``models`` (None and models
+    without the flag are skipped), restored on exit. Training and scoring whole sequences need
+    no KV cache, yet Hugging Face causal LMs build one per forward by default: host work per
+    layer and, under ``torch.compile``, a recompile per layer (its per-layer guards)."""
+    saved = []
+    for m in models:
+        cfg = getattr(getattr(m, "module", m), "config", None)  # DDP wraps the model in .module
+        if cfg is not None and getattr(cfg, "use_cache", None):
+            saved.append(cfg)
+            cfg.use_cache = False
+    try:
+        yield
+    finally:
+        for cfg in saved:
+            cfg.use_cache = True
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import DataError
+from .models import without_kv_cache
 from .tasks import CausalLMTask
 
 ALPACA_PROMPT_INPUT = (
@@ -338,7 +339,7 @@ def response_perplexity(model, data, batch_size: int = 8, max_batches: int | Non
     for s in tqdm(starts, desc="eval (response ppl)", disable=not progress, leave=False):
         b = {k: v.to(device) for k, v in data.batch(torch.arange(s, min(s + batch_size, len(data)))).items()}
         inputs = {k: v for k, v in b.items() if k in ("input_ids", "attention_mask")}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), without_kv_cache(model):
             logits = model(**inputs).logits
         t = b["labels"][:, 1:]
         nll += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), t.reshape(-1),

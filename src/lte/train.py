@@ -58,6 +58,7 @@ from .data import batch_indices
 from .dist import DistEnv, fsdp_param_dtype, is_sharded
 from .io import WEIGHTS_FILE, save
 from .losses import router_losses
+from .models import without_kv_cache
 from .profiling import StepProfiler, profile_window
 from .sparsify import lte_layers, router_parameters, set_mode, stats
 from .tasks import CausalLMTask, as_task_data
@@ -384,24 +385,25 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="lte train", disable=not self.progress,
                    dynamic_ncols=True)
         try:
-            while self.step < self.total_steps:
-                rec = self.train_step()
-                if rec["step"] % cfg.log_every == 0 or rec["step"] in (cfg.stage1_steps, self.total_steps):
-                    tokens, secs, steps = self._interval
-                    self._interval = [0, 0.0, 0]
-                    self.logger.log({**rec, "interval_tokens": tokens, "interval_s": secs, "interval_steps": steps})
-                post = {"stage": rec["stage"], "loss": f"{rec['loss']:.3f}", "sparsity": f"{rec['sparsity']:.2f}"}
-                if "eta" in rec:
-                    post["eta"] = f"{rec['eta']:.3g}"
-                bar.set_postfix(post)
-                bar.update(1)
-                boundary = self.step == cfg.stage1_steps or self.step == self.total_steps
-                if self.val_data is not None and (self.step % cfg.eval_every == 0 or boundary):
-                    ev = self.evaluate(max_batches=cfg.eval_batches)
-                    self.logger.log({"kind": "eval", "step": self.step, "stage": rec["stage"],
-                                     **{k: v for k, v in ev.items() if isinstance(v, (int, float))}})
-                if self.step % cfg.save_every == 0 or boundary:
-                    self.save_checkpoint()
+            with without_kv_cache(self.model, self.teacher):
+                while self.step < self.total_steps:
+                    rec = self.train_step()
+                    if rec["step"] % cfg.log_every == 0 or rec["step"] in (cfg.stage1_steps, self.total_steps):
+                        tokens, secs, steps = self._interval
+                        self._interval = [0, 0.0, 0]
+                        self.logger.log({**rec, "interval_tokens": tokens, "interval_s": secs, "interval_steps": steps})
+                    post = {"stage": rec["stage"], "loss": f"{rec['loss']:.3f}", "sparsity": f"{rec['sparsity']:.2f}"}
+                    if "eta" in rec:
+                        post["eta"] = f"{rec['eta']:.3g}"
+                    bar.set_postfix(post)
+                    bar.update(1)
+                    boundary = self.step == cfg.stage1_steps or self.step == self.total_steps
+                    if self.val_data is not None and (self.step % cfg.eval_every == 0 or boundary):
+                        ev = self.evaluate(max_batches=cfg.eval_batches)
+                        self.logger.log({"kind": "eval", "step": self.step, "stage": rec["stage"],
+                                         **{k: v for k, v in ev.items() if isinstance(v, (int, float))}})
+                    if self.step % cfg.save_every == 0 or boundary:
+                        self.save_checkpoint()
         finally:
             bar.close()
             self.profiler.close()  # a window cut short by the end of the run still gets its reports
@@ -448,18 +450,19 @@ def finetune_dense(model, tcfg: TrainConfig, train_data, steps: int, progress: b
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, int(tcfg.warmup_ratio * steps), tcfg.schedule))
     seed_everything(tcfg.seed)
     losses = []
-    for step in tqdm(range(steps), desc="dense fine-tune", disable=not progress, dynamic_ncols=True):
-        opt.zero_grad(set_to_none=True)
-        for micro in range(tcfg.grad_accum):
-            idx = batch_indices(len(data), tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed + 7)
-            batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(**task.model_inputs(batch)).logits
-            loss = task.loss(logits, batch)
-            (loss / tcfg.grad_accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    with without_kv_cache(model):
+        for step in tqdm(range(steps), desc="dense fine-tune", disable=not progress, dynamic_ncols=True):
+            opt.zero_grad(set_to_none=True)
+            for micro in range(tcfg.grad_accum):
+                idx = batch_indices(len(data), tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed + 7)
+                batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    logits = model(**task.model_inputs(batch)).logits
+                loss = task.loss(logits, batch)
+                (loss / tcfg.grad_accum).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
     model.eval()
     return losses

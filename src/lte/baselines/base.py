@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import LTEConfig, TrainConfig
 from ..ffn import LTEFFN, Selection
+from ..models import without_kv_cache
 from ..sparsify import lte_layers, set_mode, sparsify
 
 __all__ = ["Selector", "Selection", "ensure_lte", "attach", "remove", "calibrate", "capture_ffn_inputs",
@@ -134,7 +135,8 @@ def _run(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
     try:
         if state is not None:
             state.token_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        body(**inputs)
+        with without_kv_cache(model):
+            body(**inputs)
     finally:
         if state is not None:
             state.token_mask = None
@@ -266,32 +268,33 @@ def adapt(model: nn.Module, tcfg: TrainConfig, train_blocks, steps: int, teacher
     model.train()
     losses = []
     a = tcfg.distill_weight if teacher is not None else 0.0
-    for step in tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(tcfg.grad_accum):
-            idx = batch_indices(len(data), tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed)
-            batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-            inputs = task.model_inputs(batch)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(**inputs).logits
-                t_logits = None
-                if a > 0:
-                    with torch.no_grad():
-                        t_logits = teacher(**inputs).logits
-            loss = task.loss(logits, batch)
-            if t_logits is not None:
-                loss = (1 - a) * loss + a * task.distill(logits, t_logits, batch, tcfg.distill_temperature)
-            if aux_weight > 0:
-                aux = [s.aux_loss for s in sels if getattr(s, "aux_loss", None) is not None]
-                if aux:
-                    loss = loss + aux_weight * torch.stack(aux).mean()
-            (loss / tcfg.grad_accum).backward()
-            total += float(loss.detach()) / tcfg.grad_accum
-        torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-        opt.step()
-        sched.step()
-        losses.append(total)
+    with without_kv_cache(model, teacher):
+        for step in tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(tcfg.grad_accum):
+                idx = batch_indices(len(data), tcfg.batch_size, step * tcfg.grad_accum + micro, tcfg.seed)
+                batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+                inputs = task.model_inputs(batch)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    logits = model(**inputs).logits
+                    t_logits = None
+                    if a > 0:
+                        with torch.no_grad():
+                            t_logits = teacher(**inputs).logits
+                loss = task.loss(logits, batch)
+                if t_logits is not None:
+                    loss = (1 - a) * loss + a * task.distill(logits, t_logits, batch, tcfg.distill_temperature)
+                if aux_weight > 0:
+                    aux = [s.aux_loss for s in sels if getattr(s, "aux_loss", None) is not None]
+                    if aux:
+                        loss = loss + aux_weight * torch.stack(aux).mean()
+                (loss / tcfg.grad_accum).backward()
+                total += float(loss.detach()) / tcfg.grad_accum
+            torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+            opt.step()
+            sched.step()
+            losses.append(total)
     model.eval()
     for p, r in zip(params, before):
         p.requires_grad_(r)
