@@ -29,10 +29,13 @@ from lte.kernels import sparse_ffn, union_sparsity
 from lte.kernels.reference import router_mask, sparse_ffn_reference
 
 SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
-# fused tilings tried at batch 1 (gate/up K chunk, down d chunk, router chunk, warps): larger
-# chunks shorten each program's chain of dependent memory round trips (KERNEL_NOTES.md).
-FUSED_TRIES = ((512, 512, 1024, 4), (512, 512, 1024, 8), (1024, 512, 4096, 8), (1024, 1024, 4096, 8),
-               (512, 256, 4096, 4), (2048, 1024, 4096, 16))
+# fused tilings tried at batch 1 (gate/up K chunk, down d chunk, router chunk, warps, neurons per
+# program): larger chunks shorten each program's chain of dependent memory round trips; smaller
+# neuron slices (16, 8 of an expert's 32) give more, shorter programs, so the last wave is short
+# when few experts are selected, and smaller tiles let more programs share an SM (KERNEL_NOTES.md).
+FUSED_TRIES = ((512, 512, 1024, 4, 32), (1024, 1024, 4096, 8, 32), (2048, 1024, 4096, 16, 32),
+               (1024, 1024, 4096, 8, 16), (1024, 1024, 4096, 4, 16), (1024, 1024, 4096, 4, 8),
+               (2048, 2048, 4096, 4, 8), (1024, 1024, 4096, 2, 8), (2048, 2048, 4096, 8, 8))
 
 
 def make_weights(n_copies: int, d: int, f: int, s: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[dict]:
@@ -145,14 +148,14 @@ def check_gpu(ws: list, d: int, s: int, batches=(1, 3, 8, 16)) -> list[dict]:
             ref_mask = router_mask(x, w["rw"], None, thr)
             ref = sparse_ffn_reference(x.float(), w["wu"].float(), w["wd_t"].float(), ref_mask, expert_size=s,
                                        act="silu", w_gate=w["wg"].float())
-            for variant in ("splitk", "fused"):
-                y = torch.full_like(x, float("nan"))
+            for name, variant, cfg in (("splitk", "splitk", None), ("fused", "fused", None),
+                                       ("fused_f8", "fused", {"block_f": 8})):
                 y, mask = sparse_ffn_triton(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu",
-                                            w_gate=w["wg"], logit_threshold=thr, variant=variant)
+                                            w_gate=w["wg"], logit_threshold=thr, variant=variant, config=cfg)
                 err = ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
                 if ref.norm() == 0:
                     err = y.float().abs().max().item()
-                rows.append(dict(batch=n, sparsity=sp, variant=variant, rel_err=err,
+                rows.append(dict(batch=n, sparsity=sp, variant=name, rel_err=err,
                                  mask_mismatch=int((mask != ref_mask).sum())))
     return rows
 
@@ -170,7 +173,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
     broken = {c["variant"] for c in bad}
     if bad:
         print(f"correctness check failed (these variants are not timed): {bad}")
-    if args.variant in broken or args.variant == "auto" and broken:
+    if args.variant in broken or args.variant == "auto" and broken & {"splitk", "fused"}:
         raise SystemExit(f"the reported variant {args.variant!r} is wrong at full shapes")
     props = torch.cuda.get_device_properties(0)
     dense_bytes = 3 * f * d * 2
@@ -188,12 +191,14 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
             variants = {}
             tried = (("splitk", dict(variant="splitk")), ("fused", dict(variant="fused")),
                      ("splitk_e8d64", dict(variant="splitk", config=dict(epp=8, block_d=64))),
-                     *((f"fused_k{k}d{dd}r{r}w{nw}",
-                        dict(variant="fused", config=dict(block_k=k, block_d=dd, router_k=r, num_warps=nw)))
-                       for k, dd, r, nw in FUSED_TRIES))
+                     *((f"fused_f{bf}k{k}d{dd}r{r}w{nw}",
+                        dict(variant="fused", config=dict(block_k=k, block_d=dd, router_k=r, num_warps=nw,
+                                                          block_f=bf)))
+                       for k, dd, r, nw, bf in FUSED_TRIES))
             for name, kw in tried[:2] if args.quick else tried:
-                if kw["variant"] in broken or batch > 1 and name.startswith("fused_k"):
-                    continue  # the tilings differ at one token only
+                split = kw.get("config", {}).get("block_f", 32) < 32
+                if kw["variant"] in broken or split and "fused_f8" in broken or batch > 1 and name.startswith("fused_f"):
+                    continue  # the tilings differ at one token only; split slices only if checked correct
                 variants[name] = time_cuda_graph(
                     lambda x, w, kw=kw, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton", **kw), xs, ws)
             best = min(variants, key=variants.get)

@@ -182,7 +182,8 @@ def test_triton_backend_matches_reference(triton_ffn, n, dtype):
     ("fused", None), ("splitk", None),
     ("fused", {"block_k": 32, "block_d": 64, "router_k": 128, "num_warps": 8}),  # chunks larger/smaller than d
     ("fused", {"block_k": 16, "block_d": 16, "router_k": 16, "block_k_dot": 16, "block_d_dot": 32}),
-], ids=["fused", "splitk", "fused-cfg-a", "fused-cfg-b"])
+    ("fused", {"block_f": 4, "block_f_dot": 32}),  # one token: each expert of 8 split over 2 programs
+], ids=["fused", "splitk", "fused-cfg-a", "fused-cfg-b", "fused-split-experts"])
 @pytest.mark.parametrize("n", [1, 4])
 def test_triton_variants(triton_ffn, variant, config, n):
     device = "cuda" if HAS_CUDA else "cpu"

@@ -53,8 +53,10 @@ SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # at several tokens (tensor-core tiles). Larger chunks = fewer dependent memory round trips:
 # at LLaMA-2-7B shapes on an H200, 1024/1024/4096 with 8 warps was the fastest or near it at
 # every sparsity (58 us vs 102 us for 256/256/256 with 4 warps at 50%; kernel_h200.json).
+# block_f / block_f_dot: neurons per program (an expert of 32 split over 32 // block_f programs);
+# smaller slices mean more, shorter programs, i.e. a shorter last wave when few experts are selected.
 FUSED_CONFIG = {"block_k": 1024, "block_d": 1024, "router_k": 4096, "num_warps": 8, "block_k_dot": 128,
-                "block_d_dot": 128}
+                "block_d_dot": 128, "block_f": 32, "block_f_dot": 16}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
 _ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
@@ -351,7 +353,8 @@ def sparse_ffn_triton(
     ``variant``: ``splitk`` (router kernel, split-K gate/up kernel, down kernel), ``fused`` (one
     launch, atomics per neuron slice) or None (:func:`default_variant` of the token count); see
     the module docstring. ``config`` overrides entries of
-    :data:`SPLITK_CONFIG` (tuning); ``block_f`` is the neuron slice of ``fused``.
+    :data:`SPLITK_CONFIG` or :data:`FUSED_CONFIG` (tuning); ``block_f`` (default: the config's) is
+    the neuron slice of one ``fused`` program.
     """
     _check(x, w_up, w_down, router_w, expert_size, act, w_gate)
     n, d = x.shape
@@ -404,7 +407,10 @@ def sparse_ffn_triton(
 
     cfg = {**FUSED_CONFIG, **env, **(config or {})}
     if block_f is None:
-        block_f = 16 if use_dot else min(32, triton.next_power_of_2(expert_size))
+        block_f = min(cfg["block_f_dot" if use_dot else "block_f"], triton.next_power_of_2(expert_size))
+        block_f = max(block_f, 16) if use_dot else block_f
+    if block_f < 1 or block_f & (block_f - 1):
+        raise ValueError(f"block_f must be a power of two, got {block_f}")
     if use_dot and block_f < 16:
         raise ValueError("block_f must be >= 16 for several tokens (tensor-core tiles)")
     n_sub = triton.cdiv(expert_size, block_f)
