@@ -166,7 +166,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
     dtype = torch.bfloat16
     from lte.kernels.triton_ffn import default_variant
     ws = make_weights(args.copies, d, f, s, dtype, "cuda")
-    checks = check_gpu(ws, d, s, batches=(1, 3, 8, 16) if not args.quick else (1, 8))
+    checks = check_gpu(ws, d, s, batches=tuple(args.check_batches) if not args.quick else (1, 8))
     for c in checks:
         print("check", c)
     bad = [c for c in checks if not c["rel_err"] < 2e-2 or c["mask_mismatch"] > 0]
@@ -296,6 +296,8 @@ def main() -> None:
                    help="GPU kernel variant reported as kernel_us (all are recorded); auto (default): the one "
                         "inference runs at that batch (fused at 1 token, splitk above)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="GPU batch sizes")
+    p.add_argument("--check-batches", type=int, nargs="+", default=[1, 3, 8, 16],
+                   help="GPU batch sizes of the full-shape correctness check before timing (default 1 3 8 16)")
     p.add_argument("--quick", action="store_true", help="GPU: time only the splitk and fused variants")
     p.add_argument("--reps", type=int, default=20, help="CPU repetitions")
     args = p.parse_args()
