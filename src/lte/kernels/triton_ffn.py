@@ -8,12 +8,12 @@ read; for several tokens the union of their experts is read and each token is ma
 own experts in registers. Weights may be fp32/bf16/fp16; accumulation is fp32.
 
 Which variant runs is chosen by the token count (``LTE_TRITON_VARIANT`` forces one): ``fused``
-at one token, ``splitk`` at 2-16 tokens; on an H200 (``benchmarks/results/kernel_h200.json``)
-fused was 1.4x dense at 50% sparsity and batch 1 but 1.7x slower than splitk at batch 8.
+at one token, ``splitk`` at 2-16 tokens; on an H200 (``benchmarks/results/kernel_h200_v4.json``)
+fused was 1.9x dense at 50% sparsity and batch 1, while at batch 8 splitk was faster.
 
-``fused``: one launch, one program per 32-neuron expert at 1 token (16-neuron slices
-for several tokens) doing router, gate/up, activation and down (atomic adds into an fp32
-output), with large K/d chunks per program (few dependent memory round trips).
+``fused``: one launch, one program per 16-neuron slice of an expert doing router, gate/up,
+activation and down (atomic adds into an fp32 output), with large K/d chunks per program (few
+dependent memory round trips) and enough programs that the last wave stays short.
 
 ``splitk``: three launches that replace the long chains by thousands of short programs:
 
@@ -50,13 +50,14 @@ if FORCED_VARIANT is not None and FORCED_VARIANT not in VARIANTS:
 # (4 experts x 128-wide d blocks beat 8 x 64 at batch 8 on an H100 and an H200).
 SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # fused tile sizes at one token (K chunk of gate/up, d chunk of down, router chunk, warps) and
-# at several tokens (tensor-core tiles). Larger chunks = fewer dependent memory round trips:
-# at LLaMA-2-7B shapes on an H200, 1024/1024/4096 with 8 warps was the fastest or near it at
-# every sparsity (58 us vs 102 us for 256/256/256 with 4 warps at 50%; kernel_h200.json).
-# block_f / block_f_dot: neurons per program (an expert of 32 split over 32 // block_f programs);
-# smaller slices mean more, shorter programs, i.e. a shorter last wave when few experts are selected.
-FUSED_CONFIG = {"block_k": 1024, "block_d": 1024, "router_k": 4096, "num_warps": 8, "block_k_dot": 128,
-                "block_d_dot": 128, "block_f": 32, "block_f_dot": 16}
+# at several tokens (tensor-core tiles), and block_f / block_f_dot: neurons per program (an
+# expert of 32 runs as 32 // block_f programs). Larger chunks = fewer dependent memory round
+# trips per program; smaller neuron slices = more, shorter programs, so the last wave is short
+# when few experts are selected. At LLaMA-2-7B shapes on an H200, 2048/2048 chunks, 4 warps and
+# 16-neuron slices were the fastest or near it at every sparsity: 43 us at 50% vs 58 us for
+# whole experts with 1024/1024 and 8 warps (kernel_h200_v4.json, kernel_h200_tilings*.json).
+FUSED_CONFIG = {"block_k": 2048, "block_d": 2048, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
+                "block_d_dot": 128, "block_f": 16, "block_f_dot": 16}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
 _ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
