@@ -95,3 +95,27 @@ def test_e2e_gpu_script_runs_on_cpu(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())
     assert [(r["target_sparsity"], r["setup"]) for r in rows] == [(0.5, "eager"), (0.5, "static")]
     assert rows[0]["sparsity"] == rows[1]["sparsity"] and abs(rows[0]["sparsity"] - 0.5) < 0.25
+
+
+def test_bench_loop_setup_times_both_models_with_lte_decode(monkeypatch):
+    """``static+loop`` times dense and LTE through lte.decode's greedy loop (not ``generate``),
+    with the selection bookkeeping off, and reports a row like the other setups."""
+    import lte.bench as bench
+    import lte.decode as decode
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # plumbing only; test_decode compiles
+    monkeypatch.setattr(bench, "time_generate", lambda *a: pytest.fail("static+loop must not call generate"))
+    monkeypatch.setattr(bench, "measured_sparsity", lambda *a: 0.5)
+    seen = []
+    real = decode.GreedyDecoder.generate
+
+    def spy(self, ids, n):
+        seen.append((self.model, n, self.mode, getattr(getattr(self.model, "lte_state", None), "track_stats", None)))
+        return real(self, ids, n)
+
+    monkeypatch.setattr(decode.GreedyDecoder, "generate", spy)
+    model = lte.sparsify(FAMILIES["llama"](), lte.LTEConfig(expert_size=16), progress=False)
+    rows = bench.bench_generation(model, None, prompt_len=5, new_tokens=6, repeats=2, setups=("static+loop",),
+                                  progress=False, vocab_size=96)
+    assert [r["setup"] for r in rows] == ["static+loop"] and rows[0]["dense_tok_s"] > 0 and rows[0]["lte_tok_s"] > 0
+    assert len(seen) == 8 and {s[1] for s in seen} == {6} and {s[2] for s in seen} == {"default"}
+    assert sum(s[0] is model for s in seen) == 4 and not any(s[3] for s in seen if s[0] is model)

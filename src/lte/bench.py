@@ -78,12 +78,16 @@ def prompt_inputs(tok, prompt_len: int, device, vocab_size: int | None = None) -
 # eager: dynamic cache; static: static KV cache; static+compile: static cache + torch.compile
 # (mode "default"); static+cudagraphs: static cache + torch.compile(mode="reduce-overhead"),
 # the CUDA-graph setup transformers uses by default on GPUs.
-SETUPS = ("eager", "static", "static+compile", "static+cudagraphs")
+GENERATE_SETUPS = ("eager", "static", "static+compile", "static+cudagraphs")
+# static+loop: lte.decode's greedy loop (static cache, compiled step, CUDA graphs on GPUs, no host
+# sync per token) instead of Hugging Face generate; both models run it.
+LOOP_SETUP = "static+loop"
+SETUPS = (*GENERATE_SETUPS, LOOP_SETUP)
 
 
 def _generate_kwargs(setup: str, pad_id: int | None, new_tokens: int) -> dict[str, Any]:
-    if setup not in SETUPS:
-        raise ValueError(f"unknown setup {setup!r}; expected one of {SETUPS}")
+    if setup not in GENERATE_SETUPS:
+        raise ValueError(f"unknown generate setup {setup!r}; expected one of {GENERATE_SETUPS}")
     kw: dict[str, Any] = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=pad_id)
     if setup != "eager":
@@ -97,17 +101,43 @@ def _generate_kwargs(setup: str, pad_id: int | None, new_tokens: int) -> dict[st
     return kw
 
 
-def time_generate(model, enc: dict, kw: dict) -> float:
-    """Seconds for one ``generate`` call (synchronised on CUDA)."""
-    dev = enc["input_ids"].device
-    if dev.type == "cuda":
+def _seconds(fn, device: torch.device) -> float:
+    """Wall seconds of ``fn()`` (synchronised on CUDA)."""
+    if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
     with torch.no_grad():
-        model.generate(**enc, **kw)
-    if dev.type == "cuda":
+        fn()
+    if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t
+
+
+def time_generate(model, enc: dict, kw: dict) -> float:
+    """Seconds for one ``generate`` call (synchronised on CUDA)."""
+    return _seconds(lambda: model.generate(**enc, **kw), enc["input_ids"].device)
+
+
+def _timer(setup: str, models: tuple[nn.Module, ...], enc: dict, pad_id: int | None, new_tokens: int):
+    """``(timed, warm)``: per-model callables returning the seconds of one timed run and of one
+    warm-up run of ``setup``."""
+    dev = enc["input_ids"].device
+    if setup == LOOP_SETUP:
+        from .decode import GreedyDecoder
+        mode = "reduce-overhead" if dev.type == "cuda" else "default"
+        ids = enc["input_ids"]
+        decs = {id(m): GreedyDecoder(m, ids.shape[1] + new_tokens, mode) for m in models}
+
+        def loop(m):
+            return _seconds(lambda: decs[id(m)].generate(ids, new_tokens), dev)
+        return loop, loop
+    kw = _generate_kwargs(setup, pad_id, new_tokens)
+    # warm-up: kernels, compilation, caches. A static cache is sized by max_new_tokens and a new
+    # size recompiles, so static setups warm up at the timed length (else the first timed run of
+    # each model includes a recompilation).
+    short = {**kw, "max_new_tokens": min(new_tokens, 16), "min_new_tokens": min(new_tokens, 16)}
+    warm = short if setup == "eager" else kw
+    return (lambda m: time_generate(m, enc, kw)), (lambda m: time_generate(m, enc, warm))
 
 
 def measured_sparsity(model, enc: dict, new_tokens: int, pad_id: int | None) -> float:
@@ -143,19 +173,14 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
     model.lte_state.track_stats = False  # no bookkeeping while timing; sparsity from the eager pass
     try:
         for setup in setups:
-            kw = _generate_kwargs(setup, pad_id, new_tokens)
-            # warm-up: kernels, compilation, caches. A static cache is sized by max_new_tokens and a
-            # new size recompiles, so static setups warm up at the timed length (else the first
-            # timed run of each model includes a recompilation).
-            short = {**kw, "max_new_tokens": min(new_tokens, 16), "min_new_tokens": min(new_tokens, 16)}
-            warm = short if setup == "eager" else kw
+            timed, warm = _timer(setup, (dense, model), enc, pad_id, new_tokens)
             for m in (dense, model):
-                time_generate(m, enc, warm)
-                time_generate(m, enc, warm)
+                warm(m)
+                warm(m)
             td, tl = [], []
             for r in range(repeats):
-                td.append(time_generate(dense, enc, kw))
-                tl.append(time_generate(model, enc, kw))
+                td.append(timed(dense))
+                tl.append(timed(model))
                 if progress:
                     print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[-1]:.1f} tok/s, "
                           f"lte {new_tokens / tl[-1]:.1f} tok/s", flush=True)

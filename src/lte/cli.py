@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--setups", default="eager,static,static+compile",
                    help="comma list of: eager (dynamic cache), static (static KV cache), static+compile "
                         "(static cache + torch.compile), static+cudagraphs (static cache + torch.compile "
-                        "mode reduce-overhead, CUDA only); default eager,static,static+compile")
+                        "mode reduce-overhead, CUDA only), static+loop (lte's lean greedy loop instead of "
+                        "generate: static cache, compiled decode step, CUDA graphs on GPUs, no host sync per "
+                        "token); default eager,static,static+compile")
     b.add_argument("--dtype", default="bfloat16", help="weights dtype for both models (default bfloat16)")
     b.add_argument("--backend", default="auto", help="hard-mode kernel backend: auto, reference, triton, cpu")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
