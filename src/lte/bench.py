@@ -4,7 +4,8 @@ The dense reference is the same weights in plain FFN modules (``dense_copy``), s
 the same attention, cache and generation code. Each setup (eager / static KV cache +
 ``torch.compile``) is measured for dense and LTE alternately in the same process, several
 times, and the median is reported: these machines are noisy, so only ratios measured side
-by side mean anything. Tokens/s = new tokens / wall time of ``generate`` (prefill included).
+by side mean anything. Tokens/s = new tokens / wall time of ``generate`` (prefill included), or
+of :class:`lte.decode.GreedyDecoder` for the ``static+loop`` setup.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .data import DataError
+from .models import without_kv_cache
 
 LETTERS = ("A", "B", "C", "D")
 SHOTS = 5
@@ -134,7 +135,7 @@ def next_token_logits(model, batch_ids: list[list[int]], pad_id: int, device) ->
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     use_amp = device.type == "cuda"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp), without_kv_cache(model):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
     return out.logits[:, -1].float()
 

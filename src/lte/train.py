@@ -385,25 +385,27 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="lte train", disable=not self.progress,
                    dynamic_ncols=True)
         try:
-            with without_kv_cache(self.model, self.teacher):
-                while self.step < self.total_steps:
+            while self.step < self.total_steps:
+                # per step, not around the loop: checkpoints keep the model's own use_cache
+                with without_kv_cache(self.model, self.teacher):
                     rec = self.train_step()
-                    if rec["step"] % cfg.log_every == 0 or rec["step"] in (cfg.stage1_steps, self.total_steps):
-                        tokens, secs, steps = self._interval
-                        self._interval = [0, 0.0, 0]
-                        self.logger.log({**rec, "interval_tokens": tokens, "interval_s": secs, "interval_steps": steps})
-                    post = {"stage": rec["stage"], "loss": f"{rec['loss']:.3f}", "sparsity": f"{rec['sparsity']:.2f}"}
-                    if "eta" in rec:
-                        post["eta"] = f"{rec['eta']:.3g}"
-                    bar.set_postfix(post)
-                    bar.update(1)
-                    boundary = self.step == cfg.stage1_steps or self.step == self.total_steps
-                    if self.val_data is not None and (self.step % cfg.eval_every == 0 or boundary):
+                if rec["step"] % cfg.log_every == 0 or rec["step"] in (cfg.stage1_steps, self.total_steps):
+                    tokens, secs, steps = self._interval
+                    self._interval = [0, 0.0, 0]
+                    self.logger.log({**rec, "interval_tokens": tokens, "interval_s": secs, "interval_steps": steps})
+                post = {"stage": rec["stage"], "loss": f"{rec['loss']:.3f}", "sparsity": f"{rec['sparsity']:.2f}"}
+                if "eta" in rec:
+                    post["eta"] = f"{rec['eta']:.3g}"
+                bar.set_postfix(post)
+                bar.update(1)
+                boundary = self.step == cfg.stage1_steps or self.step == self.total_steps
+                if self.val_data is not None and (self.step % cfg.eval_every == 0 or boundary):
+                    with without_kv_cache(self.model, self.teacher):
                         ev = self.evaluate(max_batches=cfg.eval_batches)
-                        self.logger.log({"kind": "eval", "step": self.step, "stage": rec["stage"],
-                                         **{k: v for k, v in ev.items() if isinstance(v, (int, float))}})
-                    if self.step % cfg.save_every == 0 or boundary:
-                        self.save_checkpoint()
+                    self.logger.log({"kind": "eval", "step": self.step, "stage": rec["stage"],
+                                     **{k: v for k, v in ev.items() if isinstance(v, (int, float))}})
+                if self.step % cfg.save_every == 0 or boundary:
+                    self.save_checkpoint()
         finally:
             bar.close()
             self.profiler.close()  # a window cut short by the end of the run still gets its reports
