@@ -59,6 +59,8 @@ import sys
 import time
 from pathlib import Path
 
+from lte.dist import FSDP_ENV_DEFAULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SETUPS = ("1gpu", "fsdp", "ddp")
 # --fsdp-variants knobs: name -> (environment variable, value); the defaults live in lte.dist
@@ -66,8 +68,7 @@ FSDP_KNOBS = {"bf16": ("LTE_FSDP_PARAM_DTYPE", "bfloat16"), "noreshard": ("LTE_F
               "shardteacher": ("LTE_FSDP_SHARD_TEACHER", "1"), "noprefetch": ("LTE_FSDP_PREFETCH", "0"),
               "units3": ("LTE_FSDP_BLOCKS_PER_UNIT", "3"), "units6": ("LTE_FSDP_BLOCKS_PER_UNIT", "6"),
               "units10": ("LTE_FSDP_BLOCKS_PER_UNIT", "10"), "oneunit": ("LTE_FSDP_BLOCKS_PER_UNIT", "0")}
-FSDP_DEFAULTS = {"LTE_FSDP_PARAM_DTYPE": "", "LTE_FSDP_RESHARD": "1", "LTE_FSDP_SHARD_TEACHER": "0",
-                 "LTE_FSDP_PREFETCH": "1", "LTE_FSDP_BLOCKS_PER_UNIT": "1"}
+FSDP_DEFAULTS = FSDP_ENV_DEFAULTS
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
                "ACCELERATE_USE_FSDP", "LTE_FSDP", "TORCHELASTIC_RUN_ID")

@@ -88,10 +88,19 @@ def local_device(device: str) -> str:
     return device
 
 
+# The LTE_FSDP_* knobs and their defaults, read by the functions below (benchmarks label runs by them).
+FSDP_ENV_DEFAULTS = {"LTE_FSDP_PARAM_DTYPE": "", "LTE_FSDP_RESHARD": "1", "LTE_FSDP_SHARD_TEACHER": "0",
+                     "LTE_FSDP_PREFETCH": "1", "LTE_FSDP_BLOCKS_PER_UNIT": "1"}
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, FSDP_ENV_DEFAULTS[name]).strip().lower()
+
+
 def fsdp_param_dtype() -> torch.dtype | None:
     """The dtype FSDP gathers parameters in on GPU: None (fp32, the default) or the value of
     ``LTE_FSDP_PARAM_DTYPE`` (bfloat16 / float16)."""
-    name = os.environ.get("LTE_FSDP_PARAM_DTYPE", "").strip().lower()
+    name = _env("LTE_FSDP_PARAM_DTYPE")
     if name in ("", "none", "float32", "fp32"):
         return None
     table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -104,11 +113,11 @@ def fsdp_reshard_after_forward() -> bool:
     """Whether FSDP frees gathered parameters after each block's forward (the default, least
     memory) or keeps them until backward (``LTE_FSDP_RESHARD=0``: one all-gather per block
     and step fewer, ZeRO-2-like memory)."""
-    return _env_flag("LTE_FSDP_RESHARD", True)
+    return _env_flag("LTE_FSDP_RESHARD")
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "1" if default else "0").strip().lower()
+def _env_flag(name: str) -> bool:
+    value = _env(name)
     if value not in ("0", "1", "false", "true"):
         raise ValueError(f"{name}={value!r}: expected 0 or 1")
     return value in ("1", "true")
@@ -119,7 +128,7 @@ def fsdp_blocks_per_unit() -> int:
     0 = all blocks in one unit). FSDP2's hooks cost CPU time per unit and per step, which a
     small model whose training is already CPU-bound pays in full; larger units mean fewer
     hooks and collectives at the cost of more gathered memory at once."""
-    value = os.environ.get("LTE_FSDP_BLOCKS_PER_UNIT", "1").strip()
+    value = _env("LTE_FSDP_BLOCKS_PER_UNIT")
     if not value.isdigit():
         raise ValueError(f"LTE_FSDP_BLOCKS_PER_UNIT={value!r}: expected an integer >= 0")
     return int(value)
@@ -128,13 +137,13 @@ def fsdp_blocks_per_unit() -> int:
 def fsdp_shard_teacher() -> bool:
     """Whether FSDP shards the frozen distillation teacher too (``LTE_FSDP_SHARD_TEACHER=1``)
     instead of keeping a full replica on every rank (the default: no per-step gathers)."""
-    return _env_flag("LTE_FSDP_SHARD_TEACHER", False)
+    return _env_flag("LTE_FSDP_SHARD_TEACHER")
 
 
 def fsdp_forward_prefetch() -> bool:
     """Whether each FSDP block prefetches the next block's all-gather in forward (default;
     ``LTE_FSDP_PREFETCH=0`` leaves FSDP's implicit prefetching only)."""
-    return _env_flag("LTE_FSDP_PREFETCH", True)
+    return _env_flag("LTE_FSDP_PREFETCH")
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
