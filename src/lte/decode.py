@@ -49,7 +49,8 @@ class GreedyDecoder:
         body = getattr(model, "base_model", model)
         # older releases index the static cache by an explicit cache_position
         self.pass_cache_position = "cache_position" in fwd or "cache_position" in _params(body.forward)
-        self.step = self._step if compile_mode is None else torch.compile(self._step, mode=compile_mode)
+        # the decode step; the prefill calls _forward itself (eager: one call, its own shapes)
+        self.step = self._forward if compile_mode is None else torch.compile(self._forward, mode=compile_mode)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         kw: dict[str, Any] = {self.cache_kw: self.cache, "use_cache": True, "position_ids": pos.unsqueeze(0)}
@@ -57,9 +58,6 @@ class GreedyDecoder:
             kw["cache_position"] = pos
         logits = self.model(input_ids=ids, **kw).logits
         return logits[:, -1].argmax(-1, keepdim=True)
-
-    def _step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self._forward(tok, pos)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -73,7 +71,7 @@ class GreedyDecoder:
         self.cache.reset()
         ids = input_ids.to(self.device)
         pos = torch.arange(n, device=self.device)
-        tok = self._forward(ids, pos)  # prefill, eager (one call, its own shapes)
+        tok = self._forward(ids, pos)  # prefill
         out = [tok]
         pos = pos[-1:] + 1
         cudagraphs = self.mode == "reduce-overhead" and self.device.type == "cuda"
