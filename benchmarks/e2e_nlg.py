@@ -53,8 +53,10 @@ from lte.train import finetune_dense, make_teacher, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAINING_KEYS = ("model", "seq_len", "batch_size", "grad_accum", "epochs", "sparse_epochs", "stage1_fraction", "lr",
-                 "stage_lr", "router_lr", "router_bias_lr", "distill_weight", "separability_weight",
-                 "max_train_examples", "expert_size")
+                 "stage_lr", "router_lr", "router_bias_lr", "stage2_bias_gain", "distill_weight", "separability_weight",
+                 "max_train_examples", "expert_size", "router_init")
+# training settings added after work dirs were first written: the value they were trained with
+_SETTINGS_BEFORE_RECORDED = {"stage2_bias_gain": 0.2, "router_init": "random"}
 BASELINES = ("cats-finetune", "cats-nofinetune", "teal-ffn", "topk-softmax", "none")
 
 
@@ -158,7 +160,7 @@ def check_work_dir(work: Path, settings: dict) -> None:
     """Refuse a work dir whose saved checkpoints were made with other training settings."""
     f = work / "settings.json"
     if f.is_file():
-        old = json.loads(f.read_text())
+        old = {**{k: v for k, v in _SETTINGS_BEFORE_RECORDED.items() if k in settings}, **json.loads(f.read_text())}
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise SystemExit(f"{work} holds checkpoints of other settings ({', '.join(diff)} differ); "
@@ -180,7 +182,8 @@ def lte_train_config(a, steps: int, target: float) -> lte.TrainConfig:
     return lte.TrainConfig(stage1_steps=s1, stage2_steps=max(steps - s1, 1), lr=a.stage_lr or a.lr,
                            router_lr=a.router_lr, router_bias_lr=a.router_bias_lr, batch_size=a.batch_size,
                            grad_accum=a.grad_accum, seq_len=a.seq_len, distill_weight=a.distill_weight,
-                           target_sparsity=target, stage1_gate="ste", eval_every=10**9, save_every=10**9,
+                           target_sparsity=target, stage1_gate="ste", stage2_bias_gain=a.stage2_bias_gain,
+                           eval_every=10**9, save_every=10**9,
                            log_every=10, seed=0)
 
 
@@ -225,6 +228,8 @@ def add_training_args(ap: argparse.ArgumentParser, seq_len: int, epochs: int, sp
     ap.add_argument("--router-lr", type=float, default=1e-2,
                     help="LTE router weight lr (default 1e-2, as lte train; the GPU results of 2026-11-28 used 2e-3)")
     ap.add_argument("--router-bias-lr", type=float, default=5e-2, help="LTE router bias lr (default 5e-2)")
+    ap.add_argument("--stage2-bias-gain", type=float, default=0.2,
+                    help="LTE: gain of the router-bias loop that holds the target in stage 2 (default 0.2)")
     ap.add_argument("--distill-weight", type=float, default=0.9,
                     help="KL weight of distillation from the dense model (default 0.9)")
     ap.add_argument("--separability-weight", type=float, default=0.0,

@@ -74,3 +74,15 @@ def test_train_eval_generate_end_to_end(capsys, tmp_path, smol_tokenizer):
                           "--max-new-tokens", "5", "--device", "cpu")
     assert code == 0, err
     assert "FFN sparsity" in out
+
+
+def test_train_flags_reach_the_train_config():
+    from lte.pipeline import build_configs
+
+    a = build_parser().parse_args(["train", "--data", "t.txt", "--out", "o", "--target-sparsity", "0.5",
+                                   "--router-lr", "0.03", "--stage2-bias-gain", "0.7"])
+    _, tcfg = build_configs(a)
+    assert (tcfg.router_lr, tcfg.stage2_bias_gain, tcfg.target_sparsity) == (0.03, 0.7, 0.5)
+    _, tcfg = build_configs(build_parser().parse_args(["train", "--data", "t.txt", "--out", "o",
+                                                       "--target-sparsity", "0.5"]))
+    assert tcfg.stage2_bias_gain == 0.2  # the TrainConfig default when the flag is not given

@@ -91,3 +91,16 @@ def test_instruct_script_runs_and_resumes(tmp_path, tiny_model, capsys):
     capsys.readouterr()
     instruct.main(args)
     assert "0 to run" in capsys.readouterr().out
+
+
+def test_work_dir_settings_guard(tmp_path):
+    settings = {"lr": 1e-4, "stage2_bias_gain": 0.2, "router_init": "random"}
+    e2e_nlg.check_work_dir(tmp_path, settings)
+    e2e_nlg.check_work_dir(tmp_path, settings)  # same settings: resumable
+    with pytest.raises(SystemExit, match="lr"):
+        e2e_nlg.check_work_dir(tmp_path, {**settings, "lr": 2e-4})
+    # a work dir written before a setting was recorded counts as that setting's old value
+    (tmp_path / "settings.json").write_text(json.dumps({"lr": 1e-4}))
+    e2e_nlg.check_work_dir(tmp_path, settings)
+    with pytest.raises(SystemExit, match="router_init"):
+        e2e_nlg.check_work_dir(tmp_path, {**settings, "router_init": "calibrated"})

@@ -95,6 +95,8 @@ def test_calibrated_lte_point_and_folders_written_before_a_setting_existed(tmp_p
     assert row["method"] == "lte" and 0.0 <= row["ffn_sparsity"] <= 1.0
     with pytest.raises(ValueError, match="router_init"):
         SweepSettings(router_init="oracle")
+    with pytest.raises(ValueError, match="stage2_bias_gain"):
+        SweepSettings(stage2_bias_gain=-0.1)
     # a folder whose sweep_config.json predates `router_init` was measured with random routers
     run_sweep(tmp_path / "old", "base", "0.5", _prepare([]), rnd, {"model": "tiny"}, progress=False)
     cfg_path = tmp_path / "old" / "sweep_config.json"

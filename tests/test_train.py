@@ -11,6 +11,7 @@ from conftest import tiny_llama
 
 import lte
 from lte.controller import SparsityController
+from lte.sparsify import lte_layers
 from lte.train import train
 
 
@@ -59,6 +60,9 @@ def test_target_sparsity_controller_converges(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     etas = [r["eta"] for r in log if r.get("kind") == "train" and "eta" in r]
     assert max(etas) > etas[0]  # the controller had to raise eta to get there
+    shifts = [r["bias_shift"] for r in log if r.get("kind") == "train"]
+    assert len(shifts) == 65 and all(abs(x) <= 3.0 for x in shifts)  # every step logs the clamped bias shift
+    assert any(x != 0.0 for x in shifts)  # and the fast loop acted
 
 
 def test_controller_ramp_and_separability_schedule():
@@ -158,3 +162,19 @@ def test_compiled_training_compiles_once_per_mode_not_per_layer(tmp_path):
         assert m.config.use_cache
     assert graphs[6] == graphs[2]
 
+
+
+@pytest.mark.parametrize("gain", [0.0, 1.0])
+def test_stage2_bias_loop_moves_only_router_biases_by_the_logged_shift(tmp_path, gain):
+    m = _model()
+    before = [(layer.router.weight.detach().clone(), layer.router.bias.detach().clone()) for layer in lte_layers(m)]
+    # stage 2 only, at a target far from where the untrained routers are: the loop must act
+    cfg = lte.TrainConfig(stage1_steps=0, stage2_steps=3, batch_size=4, seq_len=24, lr=1e-3, target_sparsity=0.9,
+                          stage2_bias_gain=gain, log_every=1, eval_every=1000, save_every=1000)
+    train(m, cfg, _blocks()[:40], _blocks()[40:], tmp_path, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    shift = [r["bias_shift"] for r in log if r.get("kind") == "train"][-1]
+    assert (shift == 0.0) == (gain == 0.0)
+    for (w0, b0), layer in zip(before, lte_layers(m)):
+        assert torch.equal(layer.router.weight, w0)  # frozen in stage 2
+        torch.testing.assert_close(layer.router.bias - b0, torch.full_like(b0, shift), atol=1e-6, rtol=0)

@@ -50,6 +50,9 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
                    help="dense fine-tuning steps before grouping (the paper's pipeline; default 0)")
     t.add_argument("--lr", type=float, default=None, help="model learning rate (default 5e-5)")
     t.add_argument("--router-lr", type=float, default=None, help="router learning rate (default 1e-2)")
+    t.add_argument("--stage2-bias-gain", type=float, default=None,
+                   help="gain of the router-bias loop that holds --target-sparsity during stage 2, where the "
+                        "routers are frozen but their inputs drift as the model adapts (default 0.2; 0 turns it off)")
     t.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch")
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     t.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
@@ -241,6 +244,8 @@ def _add_sweep_parser(sub) -> None:
     w.add_argument("--router-init", dest="router_init", choices=["random", "calibrated"], default=None,
                    help="LTE router start: calibrated (default: each router first fitted to its experts' "
                         "importance on the calibration tokens; see lte.router_init) or random")
+    w.add_argument("--stage2-bias-gain", dest="stage2_bias_gain", type=float, default=None,
+                   help="LTE: gain of the router-bias loop that holds the target in stage 2 (default 0.2)")
     w.add_argument("--aux-weight", dest="aux_weight", type=float, default=None,
                    help="noisy top-k: load-balancing (importance) loss weight (default 0.01)")
     w.add_argument("--expert-size", dest="expert_size", type=int, default=None,

@@ -132,6 +132,7 @@ class SweepSettings:
     separability_weight: float = 0.0  # LTE (0 measured best with the straight-through gate)
     router_lr: float = 1e-2         # LTE router weights (as `lte train`; 1e-2 beat 2e-3 on SmolLM2)
     router_init: str = "calibrated"  # LTE: fit routers to expert importance first (lte.router_init); or "random"
+    stage2_bias_gain: float = 0.2   # LTE: router-bias loop gain holding the target in stage 2 (TrainConfig)
     aux_weight: float = 1e-2        # noisy top-k: importance (load-balancing) loss weight
     eval_len: int = 1024
     eval_batch_size: int = 8
@@ -146,6 +147,8 @@ class SweepSettings:
             raise ValueError("train_steps and dense_steps must be >= 0")
         if not 0.0 < self.stage1_fraction < 1.0:
             raise ValueError(f"stage1_fraction must be in (0, 1), got {self.stage1_fraction}")
+        if self.stage2_bias_gain < 0:
+            raise ValueError(f"stage2_bias_gain must be >= 0, got {self.stage2_bias_gain}")
         if self.router_init not in ROUTER_INITS:
             raise ValueError(f"router_init must be one of {ROUTER_INITS}, got {self.router_init!r}")
         if self.calib_tokens < 1 or self.eval_len < 2 or self.seq_len < 2:
@@ -387,7 +390,8 @@ def _lte(ctx: _Context, t: float):
     m = ctx.fresh()
     s1 = max(1, int(round(s.train_steps * s.stage1_fraction)))
     s2 = max(0, s.train_steps - s1)
-    tcfg = s.train_config(stage1_steps=s1, stage2_steps=s2, target_sparsity=t, router_lr=s.router_lr)
+    tcfg = s.train_config(stage1_steps=s1, stage2_steps=s2, target_sparsity=t, router_lr=s.router_lr,
+                          stage2_bias_gain=s.stage2_bias_gain)
     run_dir = ctx.out / "runs" / f"lte_{t:g}"
     summary = train(m, tcfg, ctx.train_blocks, ctx.heldout_blocks, run_dir, teacher=ctx.teacher, progress=ctx.verbose,
                     task=ctx.task)

@@ -306,6 +306,8 @@ class Trainer:
         rec = {"kind": "train", "step": step + 1, "stage": stage, **totals, "sparsity": sparsity,
                "grad_norm": gnorm, "lr": self.sched.get_last_lr()[0],
                "tokens": n_tokens, "step_s": dt, "tokens_per_s": n_tokens / dt}
+        if self.controller.target is not None:  # the router bias shift the fast loop has accumulated
+            rec["bias_shift"] = self.controller.bias_total
         if self.device.type == "cuda":
             rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         if stage == 1 and self.controller.target is not None:
