@@ -228,8 +228,9 @@ def add_training_args(ap: argparse.ArgumentParser, seq_len: int, epochs: int, sp
     ap.add_argument("--router-lr", type=float, default=1e-2,
                     help="LTE router weight lr (default 1e-2, as lte train; the GPU results of 2026-11-28 used 2e-3)")
     ap.add_argument("--router-bias-lr", type=float, default=5e-2, help="LTE router bias lr (default 5e-2)")
-    ap.add_argument("--stage2-bias-gain", type=float, default=0.2,
-                    help="LTE: gain of the router-bias loop that holds the target in stage 2 (default 0.2)")
+    ap.add_argument("--stage2-bias-gain", type=float, default=lte.TrainConfig.stage2_bias_gain,
+                    help="LTE: gain of the router-bias loop that holds the target in stage 2 "
+                         f"(default {lte.TrainConfig.stage2_bias_gain})")
     ap.add_argument("--distill-weight", type=float, default=0.9,
                     help="KL weight of distillation from the dense model (default 0.9)")
     ap.add_argument("--separability-weight", type=float, default=0.0,

@@ -48,7 +48,9 @@ def build_configs(a) -> tuple[LTEConfig, TrainConfig]:
         raise ValueError("give --target-sparsity S (recommended) or --efficiency-weight W")
     tcfg = TrainConfig(
         stage1_steps=_opt(a, "stage1_steps", 200), stage2_steps=_opt(a, "stage2_steps", 100), lr=_opt(a, "lr", 5e-5),
-        router_lr=_opt(a, "router_lr", 1e-2), stage2_bias_gain=_opt(a, "stage2_bias_gain", 0.2), batch_size=_opt(a, "batch_size", 8), grad_accum=a.grad_accum,
+        router_lr=_opt(a, "router_lr", 1e-2),
+        stage2_bias_gain=_opt(a, "stage2_bias_gain", TrainConfig.stage2_bias_gain),
+        batch_size=_opt(a, "batch_size", 8), grad_accum=a.grad_accum,
         seq_len=_opt(a, "seq_len", 512), distill_weight=_opt(a, "distill_weight", 0.5),
         target_sparsity=a.target_sparsity, ramp_fraction=a.ramp_fraction, mixed_precision=a.mixed_precision,
         gradient_checkpointing=a.gradient_checkpointing, compile=getattr(a, "compile", False),

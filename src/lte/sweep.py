@@ -132,7 +132,7 @@ class SweepSettings:
     separability_weight: float = 0.0  # LTE (0 measured best with the straight-through gate)
     router_lr: float = 1e-2         # LTE router weights (as `lte train`; 1e-2 beat 2e-3 on SmolLM2)
     router_init: str = "calibrated"  # LTE: fit routers to expert importance first (lte.router_init); or "random"
-    stage2_bias_gain: float = 0.2   # LTE: router-bias loop gain holding the target in stage 2 (TrainConfig)
+    stage2_bias_gain: float = TrainConfig.stage2_bias_gain  # LTE: bias loop holding the target in stage 2
     aux_weight: float = 1e-2        # noisy top-k: importance (load-balancing) loss weight
     eval_len: int = 1024
     eval_batch_size: int = 8
