@@ -163,7 +163,6 @@ def test_compiled_training_compiles_once_per_mode_not_per_layer(tmp_path):
     assert graphs[6] == graphs[2]
 
 
-
 @pytest.mark.parametrize("gain", [0.0, 1.0])
 def test_stage2_bias_loop_moves_only_router_biases_by_the_logged_shift(tmp_path, gain):
     m = _model()

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
 
 
 class CLIError(Exception):
@@ -52,7 +52,8 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--router-lr", type=float, default=None, help="router learning rate (default 1e-2)")
     t.add_argument("--stage2-bias-gain", type=float, default=None,
                    help="gain of the router-bias loop that holds --target-sparsity during stage 2, where the "
-                        "routers are frozen but their inputs drift as the model adapts (default 0.2; 0 turns it off)")
+                        "routers are frozen but their inputs drift as the model adapts "
+                        f"(default {TrainConfig.stage2_bias_gain}; 0 turns it off)")
     t.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch")
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     t.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
@@ -245,7 +246,8 @@ def _add_sweep_parser(sub) -> None:
                    help="LTE router start: calibrated (default: each router first fitted to its experts' "
                         "importance on the calibration tokens; see lte.router_init) or random")
     w.add_argument("--stage2-bias-gain", dest="stage2_bias_gain", type=float, default=None,
-                   help="LTE: gain of the router-bias loop that holds the target in stage 2 (default 0.2)")
+                   help="LTE: gain of the router-bias loop that holds the target in stage 2 "
+                        f"(default {TrainConfig.stage2_bias_gain})")
     w.add_argument("--aux-weight", dest="aux_weight", type=float, default=None,
                    help="noisy top-k: load-balancing (importance) loss weight (default 0.01)")
     w.add_argument("--expert-size", dest="expert_size", type=int, default=None,
