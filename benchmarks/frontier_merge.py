@@ -27,7 +27,7 @@ from pathlib import Path
 from lte.sweep import METHODS, load_rows, plot, read_rows_file
 
 LTE_SETTINGS = ("expert_size", "router_lr", "router_init", "stage1_fraction", "train_steps", "distill_weight",
-                "separability_weight", "lr")
+                "separability_weight", "lr", "stage2_bias_gain")
 
 
 def source_rows(spec: str) -> list[dict]:
@@ -62,6 +62,13 @@ def merge(dirs: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else 99, r["target_sparsity"]))
 
 
+def _block(row: dict) -> str:
+    """The row's 32-wide block sparsity, or "-" where it was not measured (LTE rows with experts
+    under 32 recorded before sweeps counted kernel blocks: they kept ``expert_block_sparsity``)."""
+    b = row.get("block_sparsity")
+    return "-" if b is None else f"{b:.2f}"
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: one line per method, one column per target sparsity."""
     targets = sorted({r["target_sparsity"] for r in rows if r["target_sparsity"] > 0})
@@ -71,8 +78,8 @@ def table(rows: list[dict]) -> str:
         if set(rs) == {0.0}:
             lines.append(f"| {m} | " + " | ".join(f"{rs[0.0]['perplexity']:.2f}" for _ in targets) + " |")
             continue
-        cells = [f"{rs[t]['perplexity']:.2f} ({rs[t]['ffn_sparsity']:.2f}/{rs[t]['block_sparsity']:.2f})"
-                 if t in rs else "" for t in targets]
+        cells = [f"{rs[t]['perplexity']:.2f} ({rs[t]['ffn_sparsity']:.2f}/{_block(rs[t])})" if t in rs else ""
+                 for t in targets]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -96,11 +103,11 @@ def main() -> None:
         plot(rows, Path(tmp), a.title)
         shutil.move(Path(tmp) / "sparsity.png", f"{out}_sparsity.png")
         shutil.move(Path(tmp) / "gflops.png", f"{out}_gflops.png")
-        block_rows = [{**r, "ffn_sparsity": r["block_sparsity"]} for r in rows]
+        block_rows = [{**r, "ffn_sparsity": r["block_sparsity"]} for r in rows if r.get("block_sparsity") is not None]
         plot(block_rows, Path(tmp), a.title + " (x: 32-neuron block sparsity)")
         shutil.move(Path(tmp) / "sparsity.png", f"{out}_block.png")
     print(table(rows))
-    print("cells: perplexity (neuron-level FFN sparsity / 32-wide block sparsity)")
+    print("cells: perplexity (neuron-level FFN sparsity / 32-wide block sparsity, - = not measured)")
 
 
 if __name__ == "__main__":

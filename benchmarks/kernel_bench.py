@@ -162,7 +162,7 @@ def check_gpu(ws: list, d: int, s: int, batches=(1, 3, 8, 16)) -> list[dict]:
 
 def bench_gpu(args: argparse.Namespace) -> list[dict]:
     """Time kernel, dense and index_select at LLaMA-2-7B FFN shapes."""
-    d, f, s = 4096, 11008, 32
+    d, f, s = 4096, 11008, args.expert_size
     dtype = torch.bfloat16
     from lte.kernels.triton_ffn import default_variant
     ws = make_weights(args.copies, d, f, s, dtype, "cuda")
@@ -211,7 +211,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
             del sliced
             isel = time_cuda_eager(lambda x, w, thr_of=thr_of: index_select_ffn(x, w, thr_of[id(w)], s), xs, ws)
             read = (1 - usp) * dense_bytes + f // s * d * 2 + batch * d * 2
-            row = dict(batch=batch, sparsity=sp, token_sparsity=round(tsp, 4), union_sparsity=round(usp, 4),
+            row = dict(batch=batch, expert_size=s, sparsity=sp, token_sparsity=round(tsp, 4), union_sparsity=round(usp, 4),
                        kernel_us=round(kernel_g, 2), dense_us=round(dense_g, 2), index_select_us=round(isel, 2),
                        speedup_vs_dense=round(dense_g / kernel_g, 3),
                        dense_sliced_us=round(dense_sliced, 2),
@@ -242,7 +242,7 @@ def time_cpu(fn, reps: int) -> float:
 def bench_cpu(args: argparse.Namespace) -> list[dict]:
     """SmolLM2-135M FFN shapes, 30 layers, batch 1: cpu backend vs dense F.linear."""
     from lte.kernels.cpu import native_available
-    d, f, s, layers = 576, 1536, 32, 30
+    d, f, s, layers = 576, 1536, args.expert_size, 30
     results = []
     print("native CPU kernel:", native_available(), "threads:", torch.get_num_threads())
     for dtype in (torch.float32, torch.bfloat16):
@@ -275,7 +275,7 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
 
             sparse = time_cpu(sparse_all, args.reps) / layers * 1e6
             read = (1 - usp) * dense_bytes + f // s * d * ws[0]["rw"].element_size()
-            row = dict(batch=1, dtype=str(dtype).replace("torch.", ""), sparsity=sp, union_sparsity=round(usp, 4),
+            row = dict(batch=1, expert_size=s, dtype=str(dtype).replace("torch.", ""), sparsity=sp, union_sparsity=round(usp, 4),
                        kernel_us=round(sparse, 1), dense_us=round(dense, 1),
                        speedup_vs_dense=round(dense / sparse, 3), bandwidth_GBps=round(read / sparse / 1e3, 2),
                        dense_bandwidth_GBps=round(dense_bytes / dense / 1e3, 2),
@@ -300,7 +300,13 @@ def main() -> None:
                    help="GPU batch sizes of the full-shape correctness check before timing (default 1 3 8 16)")
     p.add_argument("--quick", action="store_true", help="GPU: time only the splitk and fused variants")
     p.add_argument("--reps", type=int, default=20, help="CPU repetitions")
+    p.add_argument("--expert-size", type=int, default=32,
+                   help="neurons per expert (default 32); the FFN width must be a multiple (11008 on the GPU "
+                        "shape: 1, 2, 4, 8, 16, 32, 43, 64, 86, 172, 344, 688, ...; 1536 on the CPU shape)")
     args = p.parse_args()
+    width = 11008 if args.device == "cuda" else 1536
+    if args.expert_size < 1 or width % args.expert_size:
+        p.error(f"--expert-size must be a positive divisor of the FFN width {width}, got {args.expert_size}")
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device; use --device cpu")

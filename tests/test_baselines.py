@@ -76,10 +76,9 @@ def test_baseline_reaches_target_on_calibration_data(name, target):
         assert layer_sparsity == pytest.approx(target, abs=0.05)
     r = perplexity(model, torch.cat(calib).reshape(-1), seq_len=32, progress=False)
     assert r["ffn_sparsity"] == pytest.approx(target, abs=0.02)
-    if name in BLOCK:  # whole blocks: a block kernel skips exactly that much
-        assert r["block_sparsity"] == pytest.approx(r["ffn_sparsity"], abs=1e-6)
-    else:  # scattered neurons: a block is skipped only when all its neurons are
-        assert r["block_sparsity"] <= r["ffn_sparsity"] + 1e-6
+    # a 32-neuron kernel block is skipped only when all its neurons are (experts here are 16
+    # wide; tests/test_block_sparsity.py checks the exact counts)
+    assert 0.0 <= r["block_sparsity"] <= r["ffn_sparsity"] + 1e-6
     assert r["gflops_per_token"] < gflops_per_token(model)["gflops_per_token"] or name == "moefication-oracle"
 
 

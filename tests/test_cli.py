@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lte import TrainConfig
 from lte.cli import build_parser, main
 
 
@@ -85,4 +86,4 @@ def test_train_flags_reach_the_train_config():
     assert (tcfg.router_lr, tcfg.stage2_bias_gain, tcfg.target_sparsity) == (0.03, 0.7, 0.5)
     _, tcfg = build_configs(build_parser().parse_args(["train", "--data", "t.txt", "--out", "o",
                                                        "--target-sparsity", "0.5"]))
-    assert tcfg.stage2_bias_gain == 0.2  # the TrainConfig default when the flag is not given
+    assert tcfg.stage2_bias_gain == TrainConfig().stage2_bias_gain == 1.0  # the default without the flag

@@ -178,6 +178,19 @@ def test_triton_backend_matches_reference(triton_ffn, n, dtype):
             check_backend(case, act, "triton")
 
 
+@pytest.mark.parametrize("expert_size", [1, 2, 4])
+@pytest.mark.parametrize("n", [1, 3])
+def test_fine_experts_match_reference(triton_ffn, expert_size, n):
+    """Experts under a kernel block (per-neuron routers included) on every backend."""
+    device = "cuda" if HAS_CUDA else "cpu"
+    for mode in MODES:
+        case = make_case(n, 40, expert_size, 48 // expert_size, torch.float32, gated=True, biases=False, mode=mode,
+                         seed=expert_size)
+        check_backend(case, "silu", "cpu")
+        tcase = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in case.items()}
+        check_backend(tcase, "silu", "triton")
+
+
 @pytest.mark.parametrize("variant,config", [
     ("fused", None), ("splitk", None),
     ("fused", {"block_k": 32, "block_d": 64, "router_k": 128, "num_warps": 8}),  # chunks larger/smaller than d

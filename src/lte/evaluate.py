@@ -13,8 +13,10 @@ Other methods' selection rules (``lte.baselines``) plug in additively: a layer w
 ``selector`` has ``flops_per_token(layer)`` reports its own FFN FLOPs (at its granularity,
 from what it measured) and its predictor/router cost, counted under ``predictor``; any module
 with ``flops_saved_per_token()`` (e.g. TEAL's sparsified attention projections) lowers the
-attention count. Block sparsity (``block_sparsity``) is the fraction of ``expert_size``
-blocks a block kernel could skip; for LTE it equals ``ffn_sparsity``.
+attention count. Block sparsity (``block_sparsity``) is the fraction of 32-neuron blocks
+(``lte.ffn.KERNEL_BLOCK``) a block kernel could skip: a block is skipped only when none of its
+neurons runs. For LTE with experts of 32 or more it equals ``ffn_sparsity``; finer experts
+and per-neuron methods skip fewer whole blocks than neurons.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def gflops_per_token(model, per_layer_sparsity: list[float] | None = None, conte
 
 
 def block_sparsity(model) -> list[float]:
-    """Per-layer fraction of ``expert_size`` blocks skipped, cumulative since the last reset
-    (equal to the FFN sparsity for LTE's own routers, which select whole blocks)."""
+    """Per-layer fraction of 32-neuron kernel blocks skipped, cumulative since the last reset
+    (equal to the FFN sparsity for LTE's own routers with experts of 32 or more)."""
     out = []
     for layer in lte_layers(model):
         blk = layer.cum_block if layer.cum_block is not None else layer.cum_selected

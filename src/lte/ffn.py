@@ -35,6 +35,23 @@ from .config import MODES, LTEConfig
 from .kernels.reference import activation, sparse_ffn_reference
 from .router import Router
 
+# Neurons per block of the block kernels that ``block_sparsity`` models (the Triton kernel's
+# tiles, LTE's default expert size): a block is skipped only when none of its neurons runs.
+KERNEL_BLOCK = 32
+
+
+def kernel_block_active(active: torch.Tensor, unit: int = 1) -> torch.Tensor:
+    """Per token, the fraction of :data:`KERNEL_BLOCK`-neuron blocks that a block kernel must
+    read: ``active`` is ``[..., U]`` bool over consecutive units of ``unit`` neurons (1 =
+    neurons, ``expert_size`` = experts); units of :data:`KERNEL_BLOCK` or more are blocks."""
+    g = max(1, -(-KERNEL_BLOCK // unit))
+    if g > 1:
+        pad = (-active.shape[-1]) % g
+        if pad:
+            active = torch.cat([active, active.new_zeros(*active.shape[:-1], pad)], dim=-1)
+        active = active.unflatten(-1, (-1, g)).any(-1)
+    return active.float().mean(-1)
+
 
 class LTEState:
     """Per-model state shared by its LTE layers: the real-token mask of the current forward."""
@@ -113,7 +130,8 @@ class LTEFFN(nn.Module):
         """Forget the cumulative selection counts."""
         self.last_selected = self.last_tokens = None
         self.cum_selected = self.cum_tokens = None
-        # kept only by the selector path (None = same as the expert-level counts above)
+        # kernel-block counts (``kernel_block_active``) where they differ from the expert-level
+        # counts above (None = the same): finer experts, and the selector path
         self.last_block = self.cum_block = self.cum_flops = None
 
     def _record(self, selected: torch.Tensor | None, tmask: torch.Tensor | None, n_tokens: int) -> None:
@@ -131,6 +149,13 @@ class LTEFFN(nn.Module):
         self.last_selected, self.last_tokens = sel, tok
         self.cum_selected = sel if self.cum_selected is None else self.cum_selected + sel.to(self.cum_selected.device)
         self.cum_tokens = tok if self.cum_tokens is None else self.cum_tokens + tok  # CPU scalars mix freely
+        if self.expert_size < KERNEL_BLOCK or self.cum_block is not None:  # kernel blocks differ from experts
+            blk = sel  # dense: every block is read
+            if selected is not None and self.expert_size < KERNEL_BLOCK:
+                frac = kernel_block_active(selected.detach(), self.expert_size)
+                blk = ((frac * tmask.to(frac.dtype)).sum() if tmask is not None else frac.sum()) * self.n_experts
+            self.last_block = blk
+            self.cum_block = blk if self.cum_block is None else self.cum_block + blk.to(self.cum_block.device)
 
     # ----------------------------------------------------------------- forward
     def _intermediate(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +245,7 @@ class LTEFFN(nn.Module):
             if active is None:
                 active = nz.float().mean(-1)
             if block_active is None:
-                block_active = nz.unflatten(-1, (self.n_experts, self.expert_size)).any(-1).float().mean(-1)
+                block_active = kernel_block_active(nz)
         if flops is None:
             flops = active
 
@@ -231,7 +256,7 @@ class LTEFFN(nn.Module):
         tok = tmask.sum() if tmask is not None else torch.tensor(n_tokens)  # CPU scalar: no host sync
         sel, blk, fl = total(active) * self.n_experts, total(block_active) * self.n_experts, total(flops)
         self.last_selected, self.last_tokens, self.last_block = sel, tok, blk
-        if self.cum_selected is None or self.cum_block is None:
+        if self.cum_selected is None or self.cum_flops is None:  # first selector call since the reset
             self.cum_selected, self.cum_tokens, self.cum_block, self.cum_flops = sel, tok, blk, fl
         else:
             dev = self.cum_selected.device

@@ -75,6 +75,7 @@ METHODS: dict[str, str] = {
     "moefication-router": "moefication", "moefication-oracle": "moefication",
     "topk-softmax": "topk", "random-router": "random",
 }
+PLOT_MAX_RATIO = 8.0  # perplexity plots stop at this multiple of the best perplexity shown
 SINGLE_POINT = ("base", "dense")  # dense models: one row at target 0, whatever the sparsities
 TRAINING_FREE = ("teal-ffn", "teal-all", "cats-nofinetune", "dejavu-neuron", "dejavu-block")
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -251,18 +252,23 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
     order = list(METHODS)
     cmap = plt.get_cmap("tab20")
     markers = "osD^v<>pPXh*"
+    variants = [m for m in by_method if m not in order]  # e.g. tuned LTE variants (frontier_merge labels)
+    vmap = plt.get_cmap("viridis")
     paths = []
     for name, xkey, xlabel in (("sparsity.png", "ffn_sparsity", "FFN sparsity (neuron level)"),
                                ("gflops.png", "gflops_per_token", "GFLOPs per token (predictors included)")):
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for method, rs in by_method.items():
-            i = order.index(method) if method in order else len(order)
+            if method in order:
+                i = order.index(method)
+                color = "black" if method == "lte" else cmap(i % 20)
+            else:  # variants: their own colour scale, markers continuing the list
+                k = variants.index(method)
+                i, color = len(order) + k, vmap(0.9 * k / max(len(variants) - 1, 1))
             rs = sorted(rs, key=lambda r: r[xkey])
             ys = [r[ykey] for r in rs]
             lte_ = method.startswith("lte")  # LTE and its tuned variants (frontier_merge labels) stand out
-            style = dict(color="black" if method == "lte" else cmap(i % 20), label=method,
-                         linewidth=2.5 if lte_ else 1.3,
-                         zorder=3 if lte_ else 2)
+            style = dict(color=color, label=method, linewidth=2.2 if lte_ else 1.3, zorder=3 if lte_ else 2)
             if method in SINGLE_POINT and xkey == "ffn_sparsity":
                 ax.axhline(ys[0], linestyle="--", **style)
             else:
@@ -278,6 +284,11 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(NullFormatter())
+            top = PLOT_MAX_RATIO * min(ppl)
+            if max(ppl) > top:  # collapsed methods would squash every usable curve into the bottom
+                ax.set_ylim(top=top)
+                ax.text(0.01, 0.99, f"clipped at {top:.0f}: higher points run off the top", fontsize=7,
+                        transform=ax.transAxes, va="top")
         else:
             ax.set_ylabel("perplexity")
         ax.grid(True, which="both", alpha=0.3)

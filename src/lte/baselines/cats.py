@@ -6,7 +6,7 @@ gate projection is always computed (it decides), so a kernel saves the up and do
 projections of the skipped neurons: GFLOPs count gate dense + up/down at the measured
 sparsity. For plain FFNs (GPT-2) the rule applies to ``act(up(x))`` and saves the down
 projection. ``ffn_sparsity`` is the fraction of neurons skipped (the paper's metric);
-``block_sparsity`` the fraction of expert blocks with no neuron above the threshold.
+``block_sparsity`` the fraction of 32-neuron kernel blocks with no neuron above the threshold.
 
 Two variants: training-free, and with a short fine-tune with the thresholds in place
 (:func:`lte.baselines.base.adapt`), after which the thresholds are fitted again so the
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import LTEConfig
-from ..ffn import LTEFFN, Selection
+from ..ffn import LTEFFN, Selection, kernel_block_active
 from .base import Selector, abs_quantile, attach, calibrate
 
 
@@ -38,7 +38,7 @@ class CATSSelector(Selector):
             self.t = abs_quantile(a, self.target, ffn.state.mask_for(x)).to(self.t)
         keep = a.detach().abs() > self.t.to(a.dtype)
         active = keep.float().mean(-1)
-        block = keep.unflatten(-1, (ffn.n_experts, ffn.expert_size)).any(-1).float().mean(-1)
+        block = kernel_block_active(keep)
         n_mats = 3 if ffn.gate is not None else 2
         flops = (1.0 + (n_mats - 1) * active) / n_mats  # the deciding projection always runs
         return Selection(neuron=keep, active=active, block_active=block, flops=flops)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..arch import FFNWeights
 from ..config import LTEConfig
-from ..ffn import LTEFFN, Selection
+from ..ffn import LTEFFN, Selection, kernel_block_active
 from ..grouping import group_neurons
 from ..sparsify import lte_layers
 from .base import Selector, attach, capture_ffn_inputs, ensure_lte, fit_predictor, keep_count, topk_mask
@@ -123,7 +123,8 @@ class MoESelector(Selector):
             return Selection(block=mask)
         active = mask.float().mean(-1)
         n_in = 2 if ffn.gate is not None else 1  # the oracle computes gate/up for every neuron
-        return Selection(block=mask, active=active, block_active=active, flops=(n_in + active) / (n_in + 1))
+        return Selection(block=mask, active=active, block_active=kernel_block_active(mask, ffn.expert_size),
+                         flops=(n_in + active) / (n_in + 1))
 
     def predictor_flops(self, ffn: LTEFFN) -> float:
         return 0.0 if self.router is None else float(self.router.flops)

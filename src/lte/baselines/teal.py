@@ -14,9 +14,9 @@ Measured quantities (what ``lte.stats``/``lte.evaluate`` report for TEAL):
 - ``ffn_sparsity``: the fraction of FFN weight columns skipped, i.e. input-channel sparsity
   averaged over the FFN's projections weighted by their size (= the target when every
   projection is at the target). It is also the fraction of FFN FLOPs skipped.
-- ``block_sparsity``: the same with columns in contiguous blocks of ``expert_size``: a
-  block is skipped only when all its inputs are zero (for the down projection the blocks
-  are the layer's experts, after LTE's grouping).
+- ``block_sparsity``: the same with columns in contiguous 32-wide kernel blocks
+  (``lte.ffn.KERNEL_BLOCK``): a block is skipped only when all its inputs are zero (for the
+  down projection the columns are the layer's neurons, after LTE's grouping).
 - GFLOPs count the attention projections at their measured input sparsity (whole-model).
 """
 
@@ -29,18 +29,9 @@ from torch import nn
 
 from ..arch import _layer_index
 from ..config import LTEConfig
-from ..ffn import LTEFFN, Selection
+from ..ffn import LTEFFN, Selection, kernel_block_active
 from ..sparsify import lte_layers
 from .base import Selector, abs_quantile, attach, calibrate
-
-
-def _block_active(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """Fraction of contiguous ``size``-wide blocks of the last dim with any True, per token."""
-    n = mask.shape[-1]
-    pad = (-n) % size
-    if pad:
-        mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], pad)], dim=-1)
-    return mask.unflatten(-1, (-1, size)).any(-1).float().mean(-1)
 
 
 class TEALSelector(Selector):
@@ -57,7 +48,7 @@ class TEALSelector(Selector):
         if self.calibrating:
             self.t_in = abs_quantile(x, self.target, ffn.state.mask_for(x)).to(self.t_in)
         keep = x.abs() > self.t_in.to(x.dtype)
-        self._in = (keep.float().mean(-1), _block_active(keep, ffn.expert_size))
+        self._in = (keep.float().mean(-1), kernel_block_active(keep))
         return x * keep.to(x.dtype)
 
     def select(self, ffn: LTEFFN, x: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> Selection:
@@ -68,7 +59,7 @@ class TEALSelector(Selector):
         self._in = None
         n_in = 2 if ffn.gate is not None else 1  # gate and up read x; down reads h (equal sizes)
         h_act = keep.float().mean(-1)
-        h_blk = keep.unflatten(-1, (ffn.n_experts, ffn.expert_size)).any(-1).float().mean(-1)
+        h_blk = kernel_block_active(keep)
         active = (n_in * in_act + h_act) / (n_in + 1)
         block = (n_in * in_blk + h_blk) / (n_in + 1)
         return Selection(neuron=keep, active=active, block_active=block, flops=active)
