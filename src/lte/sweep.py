@@ -17,7 +17,7 @@ minute during a run and always at its end. Settings that change the numbers
 must match the existing ``sweep_config.json``; methods and sparsities may be added.
 
 Row keys: ``method``, ``target_sparsity``, ``ffn_sparsity`` (neuron level),
-``block_sparsity`` (``expert_size`` blocks a block kernel skips), ``perplexity``,
+``block_sparsity`` (32-neuron blocks a block kernel skips), ``perplexity``,
 ``gflops_per_token`` (predictors/routers included), ``train_tokens`` (tokens the model
 weights were trained on, the starting fine-tune included), plus ``family``,
 ``calib_tokens`` (training tokens used to fit thresholds or predictors), ``eval_tokens`` and

@@ -4,7 +4,7 @@ Each baseline is a selection rule plugged into the model's LTE FFN layers
 (``LTEFFN.selector``), applied in place after (or instead of) ``lte.sparsify``, and
 measured by the same code as LTE: ``lte.stats`` (neuron-level ``ffn_sparsity``),
 ``lte.evaluate.perplexity`` (also ``block_sparsity``: what a kernel reading whole
-``expert_size`` blocks would skip) and ``lte.evaluate.gflops_per_token`` (predictors and
+32-neuron blocks would skip) and ``lte.evaluate.gflops_per_token`` (predictors and
 routers included).
 
 ```python
