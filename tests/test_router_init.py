@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import FAMILIES, tiny_llama
 
 import lte
 from lte.baselines.base import capture_ffn_inputs
 from lte.config import ConfigError
+from lte.kernels.reference import activation
 from lte.router_init import expert_importance, fit_router
 from lte.sparsify import lte_layers
 
@@ -87,3 +89,45 @@ def test_calibration_uses_real_tokens_only():
     assert [x.shape[0] for x in xs] == [int(mask.sum())] * len(xs)
     assert lte.sparsify(tiny_llama(), lte.LTEConfig(expert_size=16, router_init="calibrated"),
                         calibration=[{"input_ids": ids, "attention_mask": mask}] * 8, progress=False) is not None
+
+
+def test_gate_init_selects_what_cats_selects(family):
+    """Experts of one neuron, gate-initialised: lowering the common bias switches neurons off in
+    the order of their gate pre-activation (up, for GPT-2), so at a threshold above the
+    activation's negative dip the selection equals CATS's |act(gate(x))| > t."""
+    calib = _calibration(12)
+    held = _calibration(3, seed=9)
+    model = FAMILIES[family]()
+    lte.sparsify(model, lte.LTEConfig(expert_size=1, router_init="gate"), calibration=calib, progress=False)
+    for layer, x in zip(lte_layers(model), capture_ffn_inputs(model, held, max_tokens=10**6, mode="dense")):
+        src, src_b = (layer.gate, layer.gate_bias) if layer.gate is not None else (layer.up, layer.up_bias)
+        z = (F.linear(x, src, src_b) if src_b is not None else x @ src.T).detach().double()
+        logits = layer.router.logits(x).detach().double()
+        # an increasing affine map of the pre-activation, the same for every neuron
+        scale = float(((logits - logits.mean()) * (z - z.mean())).sum() / ((z - z.mean()) ** 2).sum())
+        assert scale > 0
+        assert torch.allclose(logits - logits.mean(), scale * (z - z.mean()), atol=1e-3)
+        spread = float((logits - logits.mean(-1, keepdim=True)).std())
+        # fitted on the calibration tokens (LTEConfig defaults: spread 1, centre 3); these are held out
+        assert abs(spread - 1.0) < 0.1 and abs(float(logits.mean()) - 3.0) < 0.3
+        # CATS keeps |act(z)| > t. Above the activation's negative dip (|act| <= 0.28 for z < 0),
+        # that is z > z_t: the router's order. Inputs scaled up so that tiny random models reach
+        # such thresholds (the router is affine in x, so the identity above still holds).
+        x_big = 15 * x
+        z = (F.linear(x_big, src, src_b) if src_b is not None else x_big @ src.T).detach().double()
+        logits = layer.router.logits(x_big).detach().double()
+        act = activation(z, layer.act)
+        t = float(act.abs().flatten().quantile(0.7))
+        assert t > 0.3, t
+        cats = act.abs() > t
+        on_order = z.flatten().argsort(descending=True)[: int(cats.sum())]
+        router_order = logits.flatten().argsort(descending=True)[: int(cats.sum())]
+        assert set(on_order.tolist()) == set(router_order.tolist())  # same (token, neuron) pairs on top
+        assert torch.equal(cats.flatten()[on_order], torch.ones_like(on_order, dtype=torch.bool))
+
+
+def test_gate_init_needs_single_neuron_experts():
+    with pytest.raises(ConfigError, match="expert_size=1"):
+        lte.LTEConfig(expert_size=8, router_init="gate")
+    with pytest.raises(ValueError, match="calibration"):
+        lte.sparsify(tiny_llama(), lte.LTEConfig(expert_size=1, router_init="gate"), progress=False)

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from .config import ConfigError, TrainConfig
+from .config import ROUTER_INITS, ConfigError, TrainConfig
 
 
 class CLIError(Exception):
@@ -39,10 +39,12 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
                    help="efficiency loss: mean score or mean squared score (default mean)")
     g.add_argument("--router-bias-init", type=float, default=3.0,
                    help="initial router bias: +3 starts with ~every expert on (default 3)")
-    g.add_argument("--router-init", choices=["random", "calibrated"], default="calibrated",
+    g.add_argument("--router-init", choices=list(ROUTER_INITS), default="calibrated",
                    help="router weights at the start: calibrated (default: fitted, on training batches, to "
                         "predict each expert's contribution to the FFN output, so lowering the bias switches "
-                        "the least important experts off first; see lte.router_init) or random")
+                        "the least important experts off first; see lte.router_init), random, or gate (with "
+                        "--expert-size 1: each neuron's router starts as its gate pre-activation, i.e. CATS's "
+                        "selection)")
     t = p.add_argument_group("training")
     t.add_argument("--stage1-steps", type=int, default=None, help="optimizer steps of stage 1 (routers + model, soft)")
     t.add_argument("--stage2-steps", type=int, default=None, help="optimizer steps of stage 2 (frozen routers, hard)")
@@ -107,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="stage-1 steps (stage 2 gets half; default: sized to the device)")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.add_argument("--seed", type=int, default=0, help="random seed")
-    d.add_argument("--router-init", choices=["random", "calibrated"], default="calibrated",
+    d.add_argument("--router-init", choices=list(ROUTER_INITS), default="calibrated",
                    help="router weights at the start: calibrated (default: fitted to expert importance on the "
-                        "first training blocks, see lte.router_init) or random")
+                        "first training blocks, see lte.router_init), random, or gate (experts of one neuron "
+                        "only: routers start as the neurons' gate pre-activations)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="two-stage LTE training of a model on text",
@@ -242,9 +245,10 @@ def _add_sweep_parser(sub) -> None:
                    help="weight of KL distillation from the starting model in every trained method (default 0.9)")
     w.add_argument("--separability-weight", dest="separability_weight", type=float, default=None,
                    help="LTE separability-loss weight (default 0)")
-    w.add_argument("--router-init", dest="router_init", choices=["random", "calibrated"], default=None,
+    w.add_argument("--router-init", dest="router_init", choices=list(ROUTER_INITS), default=None,
                    help="LTE router start: calibrated (default: each router first fitted to its experts' "
-                        "importance on the calibration tokens; see lte.router_init) or random")
+                        "importance on the calibration tokens; see lte.router_init), random, or gate (with "
+                        "--expert-size 1: each router starts as its neuron's gate pre-activation, CATS's order)")
     w.add_argument("--stage2-bias-gain", dest="stage2_bias_gain", type=float, default=None,
                    help="LTE: gain of the router-bias loop that holds the target in stage 2 "
                         f"(default {TrainConfig.stage2_bias_gain})")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 GROUPINGS = ("kmeans", "random", "coactivation")
-ROUTER_INITS = ("random", "calibrated")
+ROUTER_INITS = ("random", "calibrated", "gate")
 EFFICIENCY_LOSSES = ("mean", "square")
 MODES = ("dense", "soft", "hard")
 
@@ -57,7 +57,10 @@ class LTEConfig(_DictMixin):
     - ``router_init``: "random" (default: weights of std ``router_init_std / sqrt(d)``) or
       "calibrated" (each router starts as a ridge fit of its experts' importance on
       calibration data, logits of spread ``router_init_std`` across experts, see
-      ``lte.router_init``; ``sparsify`` then needs ``calibration``).
+      ``lte.router_init``; ``sparsify`` then needs ``calibration``), or "gate" (experts of
+      one neuron only: each router starts as its neuron's own gate pre-activation, rescaled
+      the same way, so lowering the biases switches neurons off in CATS's order; also needs
+      ``calibration``).
     - ``router_init_std``: std of the random router weight init (scaled by 1/sqrt(d)), or the
       spread of the calibrated logits.
     - ``remainder``: when the FFN width is not a multiple of ``expert_size``: "error"
@@ -94,6 +97,8 @@ class LTEConfig(_DictMixin):
         _check(self.router_init in ROUTER_INITS,
                f"router_init must be one of {ROUTER_INITS}, got {self.router_init!r}")
         _check(self.router_init_std >= 0, f"router_init_std must be >= 0, got {self.router_init_std}")
+        _check(self.router_init != "gate" or self.expert_size == 1,
+               f"router_init='gate' needs expert_size=1 (a router per neuron), got expert_size={self.expert_size}")
         _check(self.remainder in ("error", "last"), f"remainder must be 'error' or 'last', got {self.remainder!r}")
         _check(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1, got {self.kmeans_iters}")
 

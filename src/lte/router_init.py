@@ -10,6 +10,12 @@ router's linear map to that target by ridge regression (closed form, one small s
 layer). The fitted logits are rescaled to a spread (std across experts) of ``spread`` and
 centred on ``bias_init``, so training still starts with almost every expert on, but lowering
 the common bias now removes the least important experts first.
+
+``source="gate"`` (experts of one neuron): each router is instead its neuron's own gate
+pre-activation (the up projection's, for FFNs without a gate), scaled to the same spread. CATS
+keeps a neuron when ``|act(gate(x))|`` clears a threshold; for thresholds above the
+activation's negative dip that is ``gate(x)`` above a constant. So these routers start out
+choosing what CATS chooses, and training moves them from there.
 """
 
 from __future__ import annotations
@@ -60,10 +66,28 @@ def fit_router(x: torch.Tensor, importance: torch.Tensor, spread: float, bias_in
     return weight, bias, r2
 
 
+def gate_router(layer: LTEFFN, x: torch.Tensor, spread: float, bias_init: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router ``(weight [f, d], bias [f])`` of a layer with experts of one neuron: the neuron's gate
+    pre-activation (up, without a gate) scaled to logits of std ``spread`` across neurons, centred
+    on ``bias_init`` over the tokens ``x [N, d]``."""
+    if layer.expert_size != 1:
+        raise ValueError(f"gate-initialised routers need experts of one neuron, got expert_size={layer.expert_size}")
+    src, src_b = (layer.gate, layer.gate_bias) if layer.gate is not None else (layer.up, layer.up_bias)
+    w = src.detach().float()
+    b = src_b.detach().float() if src_b is not None else torch.zeros(w.shape[0], device=w.device)
+    z = x.float() @ w.T + b
+    scale = spread / float((z - z.mean(-1, keepdim=True)).std().clamp_min(1e-12))
+    return w * scale, b * scale - float(z.mean()) * scale + bias_init
+
+
 def calibrate_routers(model: torch.nn.Module, calibration: Iterable, *, spread: float = 1.0,
-                      bias_init: float = 3.0, max_tokens: int = 8192, progress: bool = True) -> list[float]:
-    """Set every LTE router of ``model`` to its ridge fit of the experts' importance on
-    ``calibration`` batches (see the module docstring); returns each layer's fit R^2."""
+                      bias_init: float = 3.0, max_tokens: int = 8192, progress: bool = True,
+                      source: str = "importance") -> list[float]:
+    """Set every LTE router of ``model`` from ``calibration`` batches (see the module docstring):
+    ``source="importance"``: its ridge fit of the experts' importance (returns each layer's fit
+    R^2); ``"gate"``: its neuron's gate pre-activation (returns 1.0 per layer: exact, no fit)."""
+    if source not in ("importance", "gate"):
+        raise ValueError(f"source must be 'importance' or 'gate', got {source!r}")
     from .baselines.base import capture_ffn_inputs
     from .sparsify import lte_layers
 
@@ -73,8 +97,10 @@ def calibrate_routers(model: torch.nn.Module, calibration: Iterable, *, spread: 
                          leave=False):
         with torch.no_grad():
             x = x.to(layer.up.device)
-            imp = expert_importance(layer, x)
-            w, b, r2 = fit_router(x, imp, spread, bias_init)
+            if source == "gate":
+                (w, b), r2 = gate_router(layer, x, spread, bias_init), 1.0
+            else:
+                w, b, r2 = fit_router(x, expert_importance(layer, x), spread, bias_init)
             layer.router.weight.copy_(w.to(layer.router.weight.device))
             layer.router.bias.copy_(b.to(layer.router.bias.device))
         r2s.append(r2)

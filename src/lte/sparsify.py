@@ -70,7 +70,7 @@ def sparsify(model: nn.Module, cfg: LTEConfig | None = None, calibration: Iterab
 
     The model starts in ``dense`` mode, where it computes what it computed before (up to
     float reordering). ``calibration`` (batches of token ids, or dicts of model inputs) is
-    needed only for ``grouping='coactivation'`` and ``router_init='calibrated'``.
+    needed only for ``grouping='coactivation'`` and ``router_init='calibrated'`` or ``'gate'``.
     ``group=False`` keeps the neuron order (used when loading a saved LTE model, whose weights
     are already permuted).
     """
@@ -84,8 +84,8 @@ def sparsify(model: nn.Module, cfg: LTEConfig | None = None, calibration: Iterab
         if w.width % cfg.expert_size:
             group_neurons(w, cfg.expert_size, "random")  # raises the explanatory error
     acts = None
-    if group and cfg.router_init == "calibrated" and calibration is None:
-        raise ValueError("router_init='calibrated' needs calibration data: pass calibration=... to sparsify")
+    if group and cfg.router_init in ("calibrated", "gate") and calibration is None:
+        raise ValueError(f"router_init={cfg.router_init!r} needs calibration data: pass calibration=... to sparsify")
     if group and cfg.grouping == "coactivation":
         if calibration is None:
             raise ValueError("grouping='coactivation' needs calibration data: pass calibration=... to sparsify")
@@ -108,10 +108,10 @@ def sparsify(model: nn.Module, cfg: LTEConfig | None = None, calibration: Iterab
     model.lte_config = cfg
     model.lte_state = state
     model.lte_hook = model.register_forward_pre_hook(_capture_mask, with_kwargs=True)
-    if group and cfg.router_init == "calibrated":
+    if group and cfg.router_init in ("calibrated", "gate"):
         from .router_init import calibrate_routers
         calibrate_routers(model, calibration, spread=cfg.router_init_std, bias_init=cfg.router_bias_init,
-                          progress=progress)
+                          progress=progress, source="gate" if cfg.router_init == "gate" else "importance")
     return model
 
 

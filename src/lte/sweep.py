@@ -132,7 +132,7 @@ class SweepSettings:
     distill_weight: float = 0.9     # KL from the starting model, for every method that trains
     separability_weight: float = 0.0  # LTE (0 measured best with the straight-through gate)
     router_lr: float = 1e-2         # LTE router weights (as `lte train`; 1e-2 beat 2e-3 on SmolLM2)
-    router_init: str = "calibrated"  # LTE: fit routers to expert importance first (lte.router_init); or "random"
+    router_init: str = "calibrated"  # LTE: fit routers to expert importance first (lte.router_init); "random"; "gate"
     stage2_bias_gain: float = TrainConfig.stage2_bias_gain  # LTE: bias loop holding the target in stage 2
     aux_weight: float = 1e-2        # noisy top-k: importance (load-balancing) loss weight
     eval_len: int = 1024
@@ -152,6 +152,8 @@ class SweepSettings:
             raise ValueError(f"stage2_bias_gain must be >= 0, got {self.stage2_bias_gain}")
         if self.router_init not in ROUTER_INITS:
             raise ValueError(f"router_init must be one of {ROUTER_INITS}, got {self.router_init!r}")
+        if self.router_init == "gate" and self.expert_size != 1:
+            raise ValueError(f"router_init 'gate' needs expert_size 1, got {self.expert_size}")
         if self.calib_tokens < 1 or self.eval_len < 2 or self.seq_len < 2:
             raise ValueError("calib_tokens, eval_len and seq_len must be positive")
 
