@@ -109,10 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="stage-1 steps (stage 2 gets half; default: sized to the device)")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     d.add_argument("--seed", type=int, default=0, help="random seed")
-    d.add_argument("--router-init", choices=list(ROUTER_INITS), default="calibrated",
+    d.add_argument("--router-init", choices=["random", "calibrated"], default="calibrated",  # experts of 32: no gate
                    help="router weights at the start: calibrated (default: fitted to expert importance on the "
-                        "first training blocks, see lte.router_init), random, or gate (experts of one neuron "
-                        "only: routers start as the neurons' gate pre-activations)")
+                        "first training blocks, see lte.router_init) or random")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     t = sub.add_parser("train", help="two-stage LTE training of a model on text",

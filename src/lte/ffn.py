@@ -149,9 +149,10 @@ class LTEFFN(nn.Module):
         self.last_selected, self.last_tokens = sel, tok
         self.cum_selected = sel if self.cum_selected is None else self.cum_selected + sel.to(self.cum_selected.device)
         self.cum_tokens = tok if self.cum_tokens is None else self.cum_tokens + tok  # CPU scalars mix freely
-        if self.expert_size < KERNEL_BLOCK or self.cum_block is not None:  # kernel blocks differ from experts
+        fine = self.expert_size < KERNEL_BLOCK  # experts finer than a kernel block
+        if fine or self.cum_block is not None:  # kernel-block counts kept apart from the expert counts
             blk = sel  # dense: every block is read
-            if selected is not None and self.expert_size < KERNEL_BLOCK:
+            if selected is not None and fine:
                 frac = kernel_block_active(selected.detach(), self.expert_size)
                 blk = ((frac * tmask.to(frac.dtype)).sum() if tmask is not None else frac.sum()) * self.n_experts
             self.last_block = blk

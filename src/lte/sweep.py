@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import baselines as B
-from .config import ROUTER_INITS, LTEConfig, TrainConfig
+from .config import LTEConfig, TrainConfig
 from .data import pack
 from .evaluate import perplexity
 from .sparsify import set_mode, sparsify
@@ -150,12 +150,14 @@ class SweepSettings:
             raise ValueError(f"stage1_fraction must be in (0, 1), got {self.stage1_fraction}")
         if self.stage2_bias_gain < 0:
             raise ValueError(f"stage2_bias_gain must be >= 0, got {self.stage2_bias_gain}")
-        if self.router_init not in ROUTER_INITS:
-            raise ValueError(f"router_init must be one of {ROUTER_INITS}, got {self.router_init!r}")
-        if self.router_init == "gate" and self.expert_size != 1:
-            raise ValueError(f"router_init 'gate' needs expert_size 1, got {self.expert_size}")
+        self.lte_config()  # LTEConfig's own checks (router_init, expert_size, grouping), before any work
         if self.calib_tokens < 1 or self.eval_len < 2 or self.seq_len < 2:
             raise ValueError("calib_tokens, eval_len and seq_len must be positive")
+
+    def lte_config(self) -> LTEConfig:
+        """The LTEConfig the shared starting model is sparsified with."""
+        return LTEConfig(expert_size=self.expert_size, grouping=self.grouping, seed=self.seed,
+                         separability_weight=self.separability_weight, router_init=self.router_init)
 
     def train_config(self, **kw) -> TrainConfig:
         """The TrainConfig every training method shares."""
@@ -341,8 +343,7 @@ class _Context:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        self.lte_cfg = LTEConfig(expert_size=s.expert_size, grouping=s.grouping, seed=s.seed,
-                                 separability_weight=s.separability_weight, router_init=s.router_init)
+        self.lte_cfg = s.lte_config()
         sparsify(model, self.lte_cfg, calibration=self.calibration, progress=verbose)
         set_mode(model, "dense")
         self.base = model
