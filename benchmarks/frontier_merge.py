@@ -10,7 +10,9 @@ neuron-level FFN sparsity), ``OUT_block.png`` (vs the 32-wide block sparsity a k
 
 An input may also be a merged JSON file (to add rows to an earlier merge), and ``SRC=LABEL``
 renames that input's ``lte`` rows to ``LABEL`` and records its LTE settings in them (how the
-tuned LTE variants join the frontier beside the default ``lte`` rows):
+tuned LTE variants join the frontier beside the default ``lte`` rows); a folder that ran one
+other method (a CATS run at another seed, say) has that method's rows renamed instead, with the
+sweep's training settings recorded as ``settings``:
 
     python benchmarks/frontier_merge.py --out benchmarks/results/frontier_smollm2_wikitext2 \
         benchmarks/results/frontier_smollm2_wikitext2.json runs/e8=lte-e8 runs/tuned=lte-tuned
@@ -26,13 +28,15 @@ from pathlib import Path
 
 from lte.sweep import METHODS, load_rows, plot, read_rows_file
 
-LTE_SETTINGS = ("expert_size", "router_lr", "router_init", "stage1_fraction", "train_steps", "distill_weight",
-                "separability_weight", "lr", "stage2_bias_gain")
+TRAIN_SETTINGS = ("train_steps", "distill_weight", "lr", "seed")
+LTE_SETTINGS = ("expert_size", "router_lr", "router_init", "router_form", "stage1_fraction", "separability_weight",
+                "stage2_bias_gain") + TRAIN_SETTINGS
 
 
 def source_rows(spec: str) -> list[dict]:
     """The rows of one input: ``DIR`` (an lte sweep folder) or a merged ``FILE.json``; with
-    ``=LABEL``, its ``lte`` rows are renamed LABEL and carry the sweep's LTE settings."""
+    ``=LABEL``, its ``lte`` rows (or the rows of its only method) are renamed LABEL and carry the
+    sweep's settings."""
     src, _, label = spec.partition("=")
     path = Path(src)
     if path.is_file():
@@ -45,8 +49,11 @@ def source_rows(spec: str) -> list[dict]:
         return rows
     cfg_file = path / "sweep_config.json"
     settings = json.loads(cfg_file.read_text())["settings"] if cfg_file.is_file() else {}
-    extra = {k: settings[k] for k in LTE_SETTINGS if k in settings}
-    return [{**r, "method": label, "lte_settings": extra} if r["method"] == "lte" else r for r in rows]
+    methods = {r["method"] for r in rows}
+    target = "lte" if "lte" in methods or len(methods) != 1 else methods.pop()
+    keys, field = (LTE_SETTINGS, "lte_settings") if target == "lte" else (TRAIN_SETTINGS, "settings")
+    extra = {k: settings[k] for k in keys if k in settings}
+    return [{**r, "method": label, field: extra} if r["method"] == target else r for r in rows]
 
 
 def merge(dirs: list[str]) -> list[dict]:

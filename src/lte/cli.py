@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from .config import ROUTER_INITS, ConfigError, TrainConfig
+from .config import ROUTER_FORMS, ROUTER_INITS, ConfigError, TrainConfig
 
 
 class CLIError(Exception):
@@ -45,6 +45,8 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
                         "the least important experts off first; see lte.router_init), random, or gate (with "
                         "--expert-size 1: each neuron's router starts as its gate pre-activation, i.e. CATS's "
                         "selection)")
+    g.add_argument("--router-form", choices=list(ROUTER_FORMS), default="linear",
+                   help=ROUTER_FORM_HELP)
     t = p.add_argument_group("training")
     t.add_argument("--stage1-steps", type=int, default=None, help="optimizer steps of stage 1 (routers + model, soft)")
     t.add_argument("--stage2-steps", type=int, default=None, help="optimizer steps of stage 2 (frozen routers, hard)")
@@ -79,6 +81,11 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+ROUTER_FORM_HELP = ("router form: linear (default: sigmoid(x W + b), the paper's) or folded (sigmoid(|x W + c| + b): "
+                    "an expert can be selected on both sides of a fold, as CATS keeps |silu(gate)| > t; with "
+                    "--router-init gate it starts as |gate pre-activation|; measured worse than linear on the "
+                    "GPU frontier, BENCHMARKS.md). Folded routers run hard mode on the reference path: the "
+                    "kernels compute linear routers only")
 _CLS_TASK_HELP = (
     "glue:sst2|cola|mrpc|rte|stsb|qnli: sequence classification/regression (--data: the GLUE folder, e.g. "
     "../shared/data/glue; train.tsv trains, dev.tsv is scored; a *ForSequenceClassification model with a fresh "
@@ -248,6 +255,8 @@ def _add_sweep_parser(sub) -> None:
                    help="LTE router start: calibrated (default: each router first fitted to its experts' "
                         "importance on the calibration tokens; see lte.router_init), random, or gate (with "
                         "--expert-size 1: each router starts as its neuron's gate pre-activation, CATS's order)")
+    w.add_argument("--router-form", dest="router_form", choices=list(ROUTER_FORMS), default=None,
+                   help="LTE " + ROUTER_FORM_HELP)
     w.add_argument("--stage2-bias-gain", dest="stage2_bias_gain", type=float, default=None,
                    help="LTE: gain of the router-bias loop that holds the target in stage 2 "
                         f"(default {TrainConfig.stage2_bias_gain})")

@@ -13,6 +13,7 @@ from typing import Any
 
 GROUPINGS = ("kmeans", "random", "coactivation")
 ROUTER_INITS = ("random", "calibrated", "gate")
+ROUTER_FORMS = ("linear", "folded")
 EFFICIENCY_LOSSES = ("mean", "square")
 MODES = ("dense", "soft", "hard")
 
@@ -61,6 +62,9 @@ class LTEConfig(_DictMixin):
       one neuron only: each router starts as its neuron's own gate pre-activation, rescaled
       the same way, so lowering the biases switches neurons off in CATS's order; also needs
       ``calibration``).
+    - ``router_form``: "linear" (default: ``sigmoid(x W^T + b)``, the paper's router) or
+      "folded" (``sigmoid(|x W^T + c| + b)``: selects on both sides of a fold point, as CATS
+      does around the activation's zero; see ``lte.router``).
     - ``router_init_std``: std of the random router weight init (scaled by 1/sqrt(d)), or the
       spread of the calibrated logits.
     - ``remainder``: when the FFN width is not a multiple of ``expert_size``: "error"
@@ -77,6 +81,7 @@ class LTEConfig(_DictMixin):
     separability_eps: float = 1e-2
     router_bias_init: float = 3.0
     router_init: str = "random"
+    router_form: str = "linear"
     router_init_std: float = 1.0
     remainder: str = "error"
     kmeans_iters: int = 30
@@ -96,6 +101,8 @@ class LTEConfig(_DictMixin):
         _check(math.isfinite(self.router_bias_init), "router_bias_init must be finite")
         _check(self.router_init in ROUTER_INITS,
                f"router_init must be one of {ROUTER_INITS}, got {self.router_init!r}")
+        _check(self.router_form in ROUTER_FORMS,
+               f"router_form must be one of {ROUTER_FORMS}, got {self.router_form!r}")
         _check(self.router_init_std >= 0, f"router_init_std must be >= 0, got {self.router_init_std}")
         _check(self.router_init != "gate" or self.expert_size == 1,
                f"router_init='gate' needs expert_size=1 (a router per neuron), got expert_size={self.expert_size}")

@@ -118,7 +118,8 @@ class LTEFFN(nn.Module):
         self.gate_bias = param(w.gate_bias)
         self.down_bias = param(w.down_bias)
         self.dropout = nn.Dropout(w.dropout) if w.dropout > 0 else None
-        self.router = Router(d, self.n_experts, cfg.router_init_std, cfg.router_bias_init, generator)
+        self.router = Router(d, self.n_experts, cfg.router_init_std, cfg.router_bias_init, generator,
+                             form=cfg.router_form)
         self.router.to(device=w.up.device)
         self.selector = None  # optional nn.Module: another method's selection rule (lte.baselines)
         self.reset_stats()
@@ -206,6 +207,12 @@ class LTEFFN(nn.Module):
         from . import kernels  # late import: kernels are optional at training time
 
         x2 = x.reshape(-1, x.shape[-1])
+        if self.router.center is not None:  # the kernels compute linear router logits only
+            mask = self.router.logits(x2) > self.logit_threshold
+            y = self._masked(x2, mask)
+            if self.state.track_stats:
+                self._record(mask.reshape(*x.shape[:-1], -1), tmask, n_tokens)
+            return y.reshape(x.shape)
         y, mask = kernels.sparse_ffn_op(
             x2, self.up, self.down, self.router.weight, self.router.bias, self.gate, self.up_bias, self.gate_bias,
             self.down_bias, self.expert_size, self.act, self.logit_threshold, self.backend)
@@ -269,10 +276,13 @@ class LTEFFN(nn.Module):
     def reference_hard(self, x: torch.Tensor) -> torch.Tensor:
         """Hard mode by definition (masked dense); used by tests and as documentation."""
         mask = self.router.logits(x) > self.logit_threshold
-        return sparse_ffn_reference(
-            x.reshape(-1, x.shape[-1]), self.up, self.down, mask.reshape(-1, self.n_experts),
-            expert_size=self.expert_size, act=self.act, w_gate=self.gate, b_up=self.up_bias,
-            b_gate=self.gate_bias, b_down=self.down_bias).reshape(x.shape)
+        return self._masked(x.reshape(-1, x.shape[-1]), mask.reshape(-1, self.n_experts)).reshape(x.shape)
+
+    def _masked(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The reference masked-dense FFN of tokens ``x2 [N, d]`` under expert mask ``[N, E]``."""
+        return sparse_ffn_reference(x2, self.up, self.down, mask, expert_size=self.expert_size, act=self.act,
+                                    w_gate=self.gate, b_up=self.up_bias, b_gate=self.gate_bias,
+                                    b_down=self.down_bias)
 
     def extra_repr(self) -> str:
         return (f"d={self.up.shape[1]}, f={self.up.shape[0]}, experts={self.n_experts}x{self.expert_size}, "

@@ -43,7 +43,7 @@ def build_configs(a) -> tuple[LTEConfig, TrainConfig]:
     lcfg = LTEConfig(expert_size=a.expert_size, grouping=a.grouping, threshold=a.threshold, efficiency_weight=eta,
                      separability_weight=a.separability_weight, efficiency_loss=a.efficiency_loss,
                      router_bias_init=a.router_bias_init, router_init=getattr(a, "router_init", "calibrated"),
-                     seed=a.seed)
+                     router_form=getattr(a, "router_form", "linear"), seed=a.seed)
     if a.target_sparsity is None and a.efficiency_weight is None:
         raise ValueError("give --target-sparsity S (recommended) or --efficiency-weight W")
     tcfg = TrainConfig(

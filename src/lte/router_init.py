@@ -16,6 +16,12 @@ pre-activation (the up projection's, for FFNs without a gate), scaled to the sam
 keeps a neuron when ``|act(gate(x))|`` clears a threshold; for thresholds above the
 activation's negative dip that is ``gate(x)`` above a constant. So these routers start out
 choosing what CATS chooses, and training moves them from there.
+
+Folded routers (``sigmoid(|x W^T + c| + b)``, ``LTEConfig.router_form="folded"``): the gate init
+folds at the pre-activation's zero, so lowering the bias switches neurons off in the order of
+``|gate(x)|``, which matches CATS's two-sided rule below the dip too (the thresholds of low
+sparsity). The importance fit is placed on the unfolded side of every calibration token
+(``c`` shifted above the fit's lowest value), so it starts as the linear fit.
 """
 
 from __future__ import annotations
@@ -66,18 +72,32 @@ def fit_router(x: torch.Tensor, importance: torch.Tensor, spread: float, bias_in
     return weight, bias, r2
 
 
-def gate_router(layer: LTEFFN, x: torch.Tensor, spread: float, bias_init: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Router ``(weight [f, d], bias [f])`` of a layer with experts of one neuron: the neuron's gate
-    pre-activation (up, without a gate) scaled to logits of std ``spread`` across neurons, centred
-    on ``bias_init`` over the tokens ``x [N, d]``."""
+def gate_router(layer: LTEFFN, x: torch.Tensor, spread: float, bias_init: float,
+                folded: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Router ``(weight [f, d], bias [f], center [f] or None)`` of a layer with experts of one neuron:
+    the neuron's gate pre-activation (up, without a gate), or its magnitude when ``folded``, scaled
+    to logits of std ``spread`` across neurons and centred on ``bias_init`` over the tokens ``x [N, d]``."""
     if layer.expert_size != 1:
         raise ValueError(f"gate-initialised routers need experts of one neuron, got expert_size={layer.expert_size}")
     src, src_b = (layer.gate, layer.gate_bias) if layer.gate is not None else (layer.up, layer.up_bias)
     w = src.detach().float()
     b = src_b.detach().float() if src_b is not None else torch.zeros(w.shape[0], device=w.device)
     z = x.float() @ w.T + b
+    z = z.abs() if folded else z
     scale = spread / float((z - z.mean(-1, keepdim=True)).std().clamp_min(1e-12))
-    return w * scale, b * scale - float(z.mean()) * scale + bias_init
+    level = bias_init - float(z.mean()) * scale
+    if folded:
+        return w * scale, torch.full_like(b, level), b * scale
+    return w * scale, b * scale + level, None
+
+
+def unfold_fit(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(bias, center)`` of a folded router equal to the linear router ``(weight, bias)`` on the
+    tokens ``x``: the fold sits ``margin`` below each expert's lowest logit there."""
+    z = x.float() @ weight.T + bias
+    shift = (-z.min(0).values).clamp_min(0) + margin
+    return -shift, bias + shift
 
 
 def calibrate_routers(model: torch.nn.Module, calibration: Iterable, *, spread: float = 1.0,
@@ -97,11 +117,15 @@ def calibrate_routers(model: torch.nn.Module, calibration: Iterable, *, spread: 
                          leave=False):
         with torch.no_grad():
             x = x.to(layer.up.device)
+            folded = layer.router.center is not None
             if source == "gate":
-                (w, b), r2 = gate_router(layer, x, spread, bias_init), 1.0
+                (w, b, c), r2 = gate_router(layer, x, spread, bias_init, folded), 1.0
             else:
                 w, b, r2 = fit_router(x, expert_importance(layer, x), spread, bias_init)
+                b, c = unfold_fit(x, w, b, spread) if folded else (b, None)
             layer.router.weight.copy_(w.to(layer.router.weight.device))
             layer.router.bias.copy_(b.to(layer.router.bias.device))
+            if c is not None:
+                layer.router.center.copy_(c.to(layer.router.center.device))
         r2s.append(r2)
     return r2s

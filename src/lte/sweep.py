@@ -133,6 +133,7 @@ class SweepSettings:
     separability_weight: float = 0.0  # LTE (0 measured best with the straight-through gate)
     router_lr: float = 1e-2         # LTE router weights (as `lte train`; 1e-2 beat 2e-3 on SmolLM2)
     router_init: str = "calibrated"  # LTE: fit routers to expert importance first (lte.router_init); "random"; "gate"
+    router_form: str = "linear"     # LTE: sigmoid(x W + b), or "folded": sigmoid(|x W + c| + b) (lte.router)
     stage2_bias_gain: float = TrainConfig.stage2_bias_gain  # LTE: bias loop holding the target in stage 2
     aux_weight: float = 1e-2        # noisy top-k: importance (load-balancing) loss weight
     eval_len: int = 1024
@@ -157,7 +158,8 @@ class SweepSettings:
     def lte_config(self) -> LTEConfig:
         """The LTEConfig the shared starting model is sparsified with."""
         return LTEConfig(expert_size=self.expert_size, grouping=self.grouping, seed=self.seed,
-                         separability_weight=self.separability_weight, router_init=self.router_init)
+                         separability_weight=self.separability_weight, router_init=self.router_init,
+                         router_form=self.router_form)
 
     def train_config(self, **kw) -> TrainConfig:
         """The TrainConfig every training method shares."""
@@ -261,7 +263,8 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
     paths = []
     for name, xkey, xlabel in (("sparsity.png", "ffn_sparsity", "FFN sparsity (neuron level)"),
                                ("gflops.png", "gflops_per_token", "GFLOPs per token (predictors included)")):
-        fig, ax = plt.subplots(figsize=(7.5, 5))
+        ncol = 1 + (len(by_method) - 1) // 20  # a legend of many variants wraps instead of running off
+        fig, ax = plt.subplots(figsize=(7.5 + 2.6 * (ncol - 1), 5))
         for method, rs in by_method.items():
             if method in order:
                 i = order.index(method)
@@ -297,7 +300,7 @@ def plot(rows: list[dict], out: Path, title: str = "") -> list[Path]:
             ax.set_ylabel("perplexity")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(f"{title}: {ylabel} vs {xlabel.split(' (')[0]}" if title else f"{ylabel} vs {xlabel}")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.legend(fontsize=8 if ncol == 1 else 7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol)
         fig.tight_layout()
         tmp = out / f".{name}.tmp{os.getpid()}"
         fig.savefig(tmp, format="png", dpi=120)

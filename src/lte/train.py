@@ -203,7 +203,8 @@ class Trainer:
         groups = [{"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
         if stage == 1:
             layers = lte_layers(self.model)
-            groups.append({"params": [m.router.weight for m in layers], "lr": cfg.router_lr, "weight_decay": 0.0})
+            maps = [p for m in layers for p in (m.router.weight, m.router.center) if p is not None]
+            groups.append({"params": maps, "lr": cfg.router_lr, "weight_decay": 0.0})
             groups.append({"params": [m.router.bias for m in layers], "lr": cfg.router_bias_lr, "weight_decay": 0.0})
         steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
         self.opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
