@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from .config import ROUTER_FORMS, ROUTER_INITS, ConfigError, TrainConfig
+from .config import ROUTER_FORMS, ROUTER_INITS, ConfigError, TrainConfig, layer_offsets
 
 
 class CLIError(Exception):
@@ -30,6 +30,8 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
                    help="FFN sparsity to reach (0-1); a controller sets the efficiency weight during stage 1")
     s.add_argument("--efficiency-weight", type=float, default=None,
                    help="fixed efficiency-loss weight eta (the paper's knob) instead of a target")
+    g.add_argument("--layer-target-offsets", type=layer_offsets_arg, default=None,
+                   help=LAYER_OFFSETS_HELP + " (needs --target-sparsity)")
     g.add_argument("--separability-weight", type=float, default=0.0,
                    help="separability-loss weight lambda (default 0: with the default ste gate it only hurt in "
                         "our runs, see BENCHMARKS.md; the paper used 0.5 with --stage1-gate scale)")
@@ -86,6 +88,24 @@ ROUTER_FORM_HELP = ("router form: linear (default: sigmoid(x W + b), the paper's
                     "--router-init gate it starts as |gate pre-activation|; measured worse than linear on the "
                     "GPU frontier, BENCHMARKS.md). Folded routers run hard mode on the reference path: the "
                     "kernels compute linear routers only")
+def layer_offsets_arg(text: str) -> list[float] | str:
+    """``--layer-target-offsets``: 'linear:A' as given, or a comma list as floats (checked here)."""
+    spec: list[float] | str = text if text.startswith("linear:") else []
+    if not isinstance(spec, str):
+        try:
+            spec = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected 'linear:A' or a comma list of numbers, got {text!r}") from None
+    try:
+        layer_offsets(spec, len(spec) if isinstance(spec, list) else 2)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return spec
+
+
+LAYER_OFFSETS_HELP = ("per-layer sparsity targets: 'linear:A' (the target - A at the first LTE layer rising evenly "
+                      "to the target + A at the last) or a comma list of one offset per layer; offsets are "
+                      "centred, so the mean target is unchanged; one router-bias loop per layer holds them")
 _CLS_TASK_HELP = (
     "glue:sst2|cola|mrpc|rte|stsb|qnli: sequence classification/regression (--data: the GLUE folder, e.g. "
     "../shared/data/glue; train.tsv trains, dev.tsv is scored; a *ForSequenceClassification model with a fresh "
@@ -257,6 +277,8 @@ def _add_sweep_parser(sub) -> None:
                         "--expert-size 1: each router starts as its neuron's gate pre-activation, CATS's order)")
     w.add_argument("--router-form", dest="router_form", choices=list(ROUTER_FORMS), default=None,
                    help="LTE " + ROUTER_FORM_HELP)
+    w.add_argument("--layer-target-offsets", dest="layer_target_offsets", type=layer_offsets_arg, default=None,
+                   help="LTE " + LAYER_OFFSETS_HELP)
     w.add_argument("--stage2-bias-gain", dest="stage2_bias_gain", type=float, default=None,
                    help="LTE: gain of the router-bias loop that holds the target in stage 2 "
                         f"(default {TrainConfig.stage2_bias_gain})")

@@ -131,7 +131,10 @@ class TrainConfig(_DictMixin):
     the GPU frontier runs; 1.0 held it within 0.01, BENCHMARKS.md). ``target_sparsity`` (if set) replaces the fixed
     efficiency weight by a feedback controller on it (see ``lte.controller``); the target
     is approached gradually (``ramp_fraction`` of stage 1) because switching half the
-    blocks off at once is what section 10 of the spec saw fail. ``compile``: ``torch.compile``
+    blocks off at once is what section 10 of the spec saw fail. ``layer_target_offsets``: per-layer
+    targets ``target_sparsity + offset`` (offsets centred, so the mean target is unchanged), held by
+    one router-bias loop per layer; a list with one offset per LTE layer, or ``"linear:A"``
+    (offsets from -A at the first layer to +A at the last; see :func:`layer_offsets`). ``compile``: ``torch.compile``
     each transformer block (student and teacher) for the run (``lte.compiling``): fewer kernel
     launches where training is host-bound.
     """
@@ -153,6 +156,7 @@ class TrainConfig(_DictMixin):
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
     target_sparsity: float | None = None
+    layer_target_offsets: list[float] | str | None = None
     ramp_fraction: float = 0.5
     controller_gain: float = 0.5
     bias_control_gain: float = 1.0
@@ -188,6 +192,12 @@ class TrainConfig(_DictMixin):
         if self.target_sparsity is not None:
             _check(0 < self.target_sparsity < 1, f"target_sparsity must be in (0, 1), got {self.target_sparsity}")
         _check(0 <= self.ramp_fraction <= 1, f"ramp_fraction must be in [0, 1], got {self.ramp_fraction}")
+        if self.layer_target_offsets is not None:
+            _check(self.target_sparsity is not None, "layer_target_offsets needs target_sparsity")
+            if isinstance(self.layer_target_offsets, str):
+                layer_offsets(self.layer_target_offsets, 2)  # the spec's syntax; the layer count comes later
+            else:
+                self.layer_target_offsets = [float(v) for v in self.layer_target_offsets]
         _check(self.controller_gain > 0, "controller_gain must be > 0")
         _check(self.bias_control_gain >= 0, "bias_control_gain must be >= 0 (0 disables the bias loop)")
         _check(self.stage2_bias_gain >= 0, "stage2_bias_gain must be >= 0")
@@ -195,3 +205,28 @@ class TrainConfig(_DictMixin):
         _check(self.eta_init > 0 and self.eta_max >= self.eta_init, "need 0 < eta_init <= eta_max")
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+
+
+def layer_offsets(spec: list[float] | str, n_layers: int, target: float | None = None) -> list[float]:
+    """Per-layer target offsets, centred to mean 0, from a list (one per layer) or ``"linear:A"``
+    (-A at the first layer rising evenly to +A at the last). With ``target``, checks that every
+    layer's target ``target + offset`` lies in (0, 1)."""
+    if isinstance(spec, str):
+        kind, _, amp = spec.partition(":")
+        try:
+            a = float(amp)
+        except ValueError:
+            a = math.nan
+        _check(kind == "linear" and math.isfinite(a),
+               f"layer target offsets must be a list of numbers or 'linear:A', got {spec!r}")
+        vals = [a * (2 * i / (n_layers - 1) - 1) if n_layers > 1 else 0.0 for i in range(n_layers)]
+    else:
+        vals = [float(v) for v in spec]
+        _check(len(vals) == n_layers, f"layer_target_offsets has {len(vals)} values for {n_layers} LTE layers")
+        _check(all(math.isfinite(v) for v in vals), "layer_target_offsets must be finite")
+    mean = sum(vals) / len(vals)
+    vals = [v - mean for v in vals]
+    if target is not None:
+        bad = [i for i, v in enumerate(vals) if not 0 < target + v < 1]
+        _check(not bad, f"layer targets {target:g} + offset leave (0, 1) at layer(s) {bad}: use smaller offsets")
+    return vals

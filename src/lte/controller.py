@@ -20,7 +20,9 @@ by ``bias_gain * (measured - target(t))`` after each step: sparsity is monotone 
 bias, so this loop settles where eta alone overshoots and locks in (with Adam, routers move
 a learning rate per step whatever eta is, and once scores are far from the threshold the
 task gradient that should pull them back is tiny). The shift is a plain change of the
-router bias, so the saved model still selects experts with ``score > threshold``.
+router bias, so the saved model still selects experts with ``score > threshold``. With
+per-layer targets (``layer_offsets``: ``target + offset_l``, offsets of mean 0) the fast loop runs
+once per layer on that layer's measured sparsity, while eta still follows the mean.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ class SparsityController:
 
     def __init__(self, target: float | None, total_steps: int, ramp_fraction: float = 0.5, gain: float = 0.5,
                  eta_init: float = 0.1, eta_max: float = 1e3, ema: float = 0.8, separability: float = 0.5,
-                 separability_ramp: bool = True, kp: float = 2.0, bias_gain: float = 1.0) -> None:
+                 separability_ramp: bool = True, kp: float = 2.0, bias_gain: float = 1.0,
+                 layer_offsets: list[float] | None = None) -> None:
         self.target = target
+        self.offsets = None if layer_offsets is None else [float(v) for v in layer_offsets]
+        if self.offsets is not None and target is None:
+            raise ValueError("per-layer target offsets need a target")
         self.total = max(total_steps, 1)
         self.ramp_steps = int(round(ramp_fraction * self.total))
         self.gain = gain
@@ -42,7 +48,8 @@ class SparsityController:
         self.kp = kp
         self.prop = 0.0
         self.bias_gain = bias_gain
-        self.bias_total = 0.0  # accumulated shift, clamped to +-max_bias_shift (anti-windup)
+        # accumulated shift (one per layer with per-layer targets), clamped to +-max_bias_shift (anti-windup)
+        self.bias_total: float | list[float] = 0.0 if self.offsets is None else [0.0] * len(self.offsets)
         self.max_bias_shift = 3.0
         self.eta_min, self.eta_max = 1e-4, eta_max
         self.ema_decay = ema
@@ -86,16 +93,34 @@ class SparsityController:
             self.log_eta = min(max(self.log_eta, math.log(self.eta_min)), math.log(self.eta_max))
         return self.eta
 
-    def bias_shift(self, step: int, measured: float, gain: float | None = None) -> float:
+    def bias_shift(self, step: int, measured: float, gain: float | None = None,
+                   per_layer: list[float] | None = None) -> float | list[float]:
         """How much to add to every router bias after step ``step`` (fast loop; stage 2 passes
-        a step past the ramp and its own gain). The accumulated shift is clamped."""
+        a step past the ramp and its own gain). The accumulated shift is clamped. With per-layer
+        targets, ``per_layer`` (each layer's measured sparsity) is needed and one shift per layer
+        is returned."""
         target = self.target_at(step)
         if target is None:
             return 0.0
-        want = (self.bias_gain if gain is None else gain) * (measured - target)
-        new_total = min(max(self.bias_total + want, -self.max_bias_shift), self.max_bias_shift)
-        shift, self.bias_total = new_total - self.bias_total, new_total
-        return shift
+        g = self.bias_gain if gain is None else gain
+        if self.offsets is None:
+            self.bias_total, shift = self._clamped(self.bias_total, g * (measured - target))
+            return shift
+        if per_layer is None or len(per_layer) != len(self.offsets):
+            raise ValueError(f"per-layer targets need {len(self.offsets)} measured layer sparsities")
+        ramp = target / self.target  # the layers' targets ramp in together with the mean
+        shifts, totals = [], []
+        for total, off, m in zip(self.bias_total, self.offsets, per_layer):
+            new_total, shift = self._clamped(total, g * (m - (self.target + off) * ramp))
+            totals.append(new_total)
+            shifts.append(shift)
+        self.bias_total = totals
+        return shifts
+
+    def _clamped(self, total: float, want: float) -> tuple[float, float]:
+        """``(new accumulated shift, shift applied now)`` after asking for ``want`` more."""
+        new_total = min(max(total + want, -self.max_bias_shift), self.max_bias_shift)
+        return new_total, new_total - total
 
     def state_dict(self) -> dict:
         """Everything needed to resume."""

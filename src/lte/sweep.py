@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import baselines as B
-from .config import LTEConfig, TrainConfig
+from .config import LTEConfig, TrainConfig, layer_offsets
 from .data import pack
 from .evaluate import perplexity
 from .sparsify import set_mode, sparsify
@@ -134,6 +134,7 @@ class SweepSettings:
     router_lr: float = 1e-2         # LTE router weights (as `lte train`; 1e-2 beat 2e-3 on SmolLM2)
     router_init: str = "calibrated"  # LTE: fit routers to expert importance first (lte.router_init); "random"; "gate"
     router_form: str = "linear"     # LTE: sigmoid(x W + b), or "folded": sigmoid(|x W + c| + b) (lte.router)
+    layer_target_offsets: list[float] | str | None = None  # LTE: per-layer targets (TrainConfig's field)
     stage2_bias_gain: float = TrainConfig.stage2_bias_gain  # LTE: bias loop holding the target in stage 2
     aux_weight: float = 1e-2        # noisy top-k: importance (load-balancing) loss weight
     eval_len: int = 1024
@@ -408,7 +409,7 @@ def _lte(ctx: _Context, t: float):
     s1 = max(1, int(round(s.train_steps * s.stage1_fraction)))
     s2 = max(0, s.train_steps - s1)
     tcfg = s.train_config(stage1_steps=s1, stage2_steps=s2, target_sparsity=t, router_lr=s.router_lr,
-                          stage2_bias_gain=s.stage2_bias_gain)
+                          stage2_bias_gain=s.stage2_bias_gain, layer_target_offsets=s.layer_target_offsets)
     run_dir = ctx.out / "runs" / f"lte_{t:g}"
     summary = train(m, tcfg, ctx.train_blocks, ctx.heldout_blocks, run_dir, teacher=ctx.teacher, progress=ctx.verbose,
                     task=ctx.task)
@@ -575,6 +576,11 @@ def run_sweep(out: str | os.PathLike, methods: str | list[str], sparsities: str 
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, settings, source or {})
     points = plan(expand_methods(methods), parse_sparsities(sparsities))
+    if settings.layer_target_offsets is not None:  # every LTE target's layers must stay in (0, 1), before any work
+        for m, t in points:
+            if m == "lte":
+                n = len(settings.layer_target_offsets) if isinstance(settings.layer_target_offsets, list) else 2
+                layer_offsets(settings.layer_target_offsets, n, t)
     rows = load_rows(out)
     done = {_key(r["method"], r["target_sparsity"]) for r in rows}
     pending = [p for p in points if _key(*p) not in done]

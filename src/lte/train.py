@@ -52,7 +52,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .compiling import compile_blocks, uncompile_blocks
-from .config import TrainConfig
+from .config import TrainConfig, layer_offsets
 from .controller import SparsityController
 from .data import batch_indices
 from .dist import DistEnv, fsdp_param_dtype, is_sharded
@@ -163,11 +163,13 @@ class Trainer:
             mp = "bf16" if self.device.type == "cuda" else "no"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
         self.layers = lte_layers(model)
+        offsets = None if tcfg.layer_target_offsets is None else layer_offsets(
+            tcfg.layer_target_offsets, len(self.layers), tcfg.target_sparsity)
         self.controller = SparsityController(
             tcfg.target_sparsity, tcfg.stage1_steps, tcfg.ramp_fraction, tcfg.controller_gain,
             eta_init=tcfg.eta_init if tcfg.target_sparsity is not None else max(self.lte_cfg.efficiency_weight, 1e-4),
             eta_max=tcfg.eta_max, separability=self.lte_cfg.separability_weight,
-            separability_ramp=tcfg.separability_ramp, bias_gain=tcfg.bias_control_gain)
+            separability_ramp=tcfg.separability_ramp, bias_gain=tcfg.bias_control_gain, layer_offsets=offsets)
         self.step = 0
         self.tokens_seen = 0  # real (non-padding) input tokens trained on, over all processes
         self._interval = [0, 0.0, 0]  # tokens, seconds, steps since the last logged record
@@ -257,7 +259,7 @@ class Trainer:
         self.profiler.begin(step)
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
-        spars = []
+        spars, layer_spars = [], []
         n_tokens = 0
         self.opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
@@ -271,7 +273,9 @@ class Trainer:
             with record_function("lte/backward"):
                 (loss / cfg.grad_accum).backward()
             with record_function("lte/stats"):
-                spars.append(stats(self.model)["ffn_sparsity"])
+                st = stats(self.model)
+                spars.append(st["ffn_sparsity"])
+                layer_spars.append(st["per_layer"])
                 totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
                 for k, v in parts.items():
                     totals[k] = totals.get(k, 0.0) + float(v) / cfg.grad_accum
@@ -283,18 +287,22 @@ class Trainer:
             self.sched.step()
         with record_function("lte/sync_log"):  # cross-process mean, controller, bias shift, CUDA sync
             sparsity = sum(spars) / len(spars)
+            per_layer = [sum(v) / len(v) for v in zip(*layer_spars)]
             if self.dist.world > 1:  # every process must see the same numbers to take the same control action
-                avg = self.dist.mean({**totals, "sparsity": sparsity, "_tokens": n_tokens})
+                lk = [f"_layer{i:04d}" for i in range(len(per_layer))] if self.controller.offsets else []
+                avg = self.dist.mean({**totals, "sparsity": sparsity, "_tokens": n_tokens, **dict(zip(lk, per_layer))})
                 sparsity = avg.pop("sparsity")
+                per_layer = [avg.pop(k) for k in lk]
                 n_tokens = int(round(avg.pop("_tokens") * self.dist.world))  # global: the sum over processes
                 totals = avg
             shift = 0.0
             if stage == 1:  # without a target eta stays fixed; the controller still schedules separability
-                shift = self.controller.bias_shift(local, sparsity)
+                shift = self.controller.bias_shift(local, sparsity, per_layer=per_layer)
                 self.controller.update(local, sparsity)
-            elif cfg.stage2_bias_gain > 0:  # routers' weights frozen; only their common bias follows the target
-                shift = self.controller.bias_shift(cfg.stage1_steps, sparsity, gain=cfg.stage2_bias_gain)
-            if shift:
+            elif cfg.stage2_bias_gain > 0:  # routers' weights frozen; only their biases follow the target
+                shift = self.controller.bias_shift(cfg.stage1_steps, sparsity, gain=cfg.stage2_bias_gain,
+                                                   per_layer=per_layer)
+            if isinstance(shift, list) or shift:  # one shift per layer with per-layer targets
                 with torch.no_grad():  # one foreach op (one DTensor dispatch under FSDP, not one per layer)
                     torch._foreach_add_([layer.router.bias for layer in self.layers], shift)
             gnorm = float(gnorm)
@@ -309,6 +317,8 @@ class Trainer:
                "tokens": n_tokens, "step_s": dt, "tokens_per_s": n_tokens / dt}
         if self.controller.target is not None:  # the router bias shift the fast loop has accumulated
             rec["bias_shift"] = self.controller.bias_total
+        if self.controller.offsets is not None:
+            rec["layer_sparsity"] = [round(v, 4) for v in per_layer]
         if self.device.type == "cuda":
             rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         if stage == 1 and self.controller.target is not None:
