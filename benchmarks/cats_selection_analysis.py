@@ -48,7 +48,7 @@ def analyse(model: torch.nn.Module, blocks: torch.Tensor) -> dict:
     out = {s: {"oracle": [], "cats": [], "gate_linear": [], "gate_folded": [], "cats_negative_share": []}
            for s in SPARSITIES}
     for layer, x in zip(lte_layers(model), xs):
-        src, src_b = (layer.gate, layer.gate_bias) if layer.gate is not None else (layer.up, layer.up_bias)
+        src, src_b = layer.act_projection()
         g = F.linear(x, src.float(), None if src_b is None else src_b.float())
         a = activation(g, layer.act)
         h = (a * F.linear(x, layer.up.float(), None if layer.up_bias is None else layer.up_bias.float())

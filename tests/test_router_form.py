@@ -51,7 +51,7 @@ def test_folded_gate_init_ranks_neurons_by_gate_magnitude(family):
                      progress=False)
         agree = []
         for layer, x in zip(lte_layers(model), capture_ffn_inputs(model, held, max_tokens=10**6, mode="dense")):
-            src, src_b = (layer.gate, layer.gate_bias) if layer.gate is not None else (layer.up, layer.up_bias)
+            src, src_b = layer.act_projection()
             z = F.linear(x, src, src_b).detach().double()
             logits = layer.router.logits(x).detach().double()
             if form == "folded":  # an increasing affine map of |z|, the same for every neuron

@@ -100,7 +100,7 @@ def test_gate_init_selects_what_cats_selects(family):
     model = FAMILIES[family]()
     lte.sparsify(model, lte.LTEConfig(expert_size=1, router_init="gate"), calibration=calib, progress=False)
     for layer, x in zip(lte_layers(model), capture_ffn_inputs(model, held, max_tokens=10**6, mode="dense")):
-        src, src_b = (layer.gate, layer.gate_bias) if layer.gate is not None else (layer.up, layer.up_bias)
+        src, src_b = layer.act_projection()
         z = (F.linear(x, src, src_b) if src_b is not None else x @ src.T).detach().double()
         logits = layer.router.logits(x).detach().double()
         # an increasing affine map of the pre-activation, the same for every neuron

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from .config import ROUTER_FORMS, ROUTER_INITS, ConfigError, TrainConfig, layer_offsets
+from .config import ROUTER_FORMS, ROUTER_INITS, ConfigError, TrainConfig, check_layer_offsets
 
 
 class CLIError(Exception):
@@ -88,16 +88,16 @@ ROUTER_FORM_HELP = ("router form: linear (default: sigmoid(x W + b), the paper's
                     "--router-init gate it starts as |gate pre-activation|; measured worse than linear on the "
                     "GPU frontier, BENCHMARKS.md). Folded routers run hard mode on the reference path: the "
                     "kernels compute linear routers only")
+
+
 def layer_offsets_arg(text: str) -> list[float] | str:
     """``--layer-target-offsets``: 'linear:A' as given, or a comma list as floats (checked here)."""
-    spec: list[float] | str = text if text.startswith("linear:") else []
-    if not isinstance(spec, str):
-        try:
-            spec = [float(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected 'linear:A' or a comma list of numbers, got {text!r}") from None
     try:
-        layer_offsets(spec, len(spec) if isinstance(spec, list) else 2)
+        spec = text if text.startswith("linear:") else [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'linear:A' or a comma list of numbers, got {text!r}") from None
+    try:
+        check_layer_offsets(spec)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return spec

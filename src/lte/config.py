@@ -194,10 +194,9 @@ class TrainConfig(_DictMixin):
         _check(0 <= self.ramp_fraction <= 1, f"ramp_fraction must be in [0, 1], got {self.ramp_fraction}")
         if self.layer_target_offsets is not None:
             _check(self.target_sparsity is not None, "layer_target_offsets needs target_sparsity")
-            if isinstance(self.layer_target_offsets, str):
-                layer_offsets(self.layer_target_offsets, 2)  # the spec's syntax; the layer count comes later
-            else:
+            if not isinstance(self.layer_target_offsets, str):
                 self.layer_target_offsets = [float(v) for v in self.layer_target_offsets]
+            check_layer_offsets(self.layer_target_offsets)  # the layer count comes with the model
         _check(self.controller_gain > 0, "controller_gain must be > 0")
         _check(self.bias_control_gain >= 0, "bias_control_gain must be >= 0 (0 disables the bias loop)")
         _check(self.stage2_bias_gain >= 0, "stage2_bias_gain must be >= 0")
@@ -230,3 +229,9 @@ def layer_offsets(spec: list[float] | str, n_layers: int, target: float | None =
         bad = [i for i, v in enumerate(vals) if not 0 < target + v < 1]
         _check(not bad, f"layer targets {target:g} + offset leave (0, 1) at layer(s) {bad}: use smaller offsets")
     return vals
+
+
+def check_layer_offsets(spec: list[float] | str, target: float | None = None) -> None:
+    """Check offsets before the model (and so the layer count) is known: a list as given, and
+    ``"linear:A"`` at its extremes (-A, +A), the values any layer count reaches."""
+    layer_offsets(spec, len(spec) if isinstance(spec, list) else 2, target)

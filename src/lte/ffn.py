@@ -160,6 +160,11 @@ class LTEFFN(nn.Module):
             self.cum_block = blk if self.cum_block is None else self.cum_block + blk.to(self.cum_block.device)
 
     # ----------------------------------------------------------------- forward
+    def act_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(weight [f, d], bias or None)`` of the projection the activation is applied to: the
+        gate, or up in a plain FFN (what CATS thresholds and the gate router init copies)."""
+        return (self.gate, self.gate_bias) if self.gate is not None else (self.up, self.up_bias)
+
     def _intermediate(self, x: torch.Tensor) -> torch.Tensor:
         h = F.linear(x, self.up, self.up_bias)
         if self.gate is not None:
@@ -210,12 +215,10 @@ class LTEFFN(nn.Module):
         if self.router.center is not None:  # the kernels compute linear router logits only
             mask = self.router.logits(x2) > self.logit_threshold
             y = self._masked(x2, mask)
-            if self.state.track_stats:
-                self._record(mask.reshape(*x.shape[:-1], -1), tmask, n_tokens)
-            return y.reshape(x.shape)
-        y, mask = kernels.sparse_ffn_op(
-            x2, self.up, self.down, self.router.weight, self.router.bias, self.gate, self.up_bias, self.gate_bias,
-            self.down_bias, self.expert_size, self.act, self.logit_threshold, self.backend)
+        else:
+            y, mask = kernels.sparse_ffn_op(
+                x2, self.up, self.down, self.router.weight, self.router.bias, self.gate, self.up_bias,
+                self.gate_bias, self.down_bias, self.expert_size, self.act, self.logit_threshold, self.backend)
         if self.state.track_stats:
             self._record(mask.reshape(*x.shape[:-1], -1), tmask, n_tokens)
         return y.reshape(x.shape)

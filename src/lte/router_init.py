@@ -79,7 +79,7 @@ def gate_router(layer: LTEFFN, x: torch.Tensor, spread: float, bias_init: float,
     to logits of std ``spread`` across neurons and centred on ``bias_init`` over the tokens ``x [N, d]``."""
     if layer.expert_size != 1:
         raise ValueError(f"gate-initialised routers need experts of one neuron, got expert_size={layer.expert_size}")
-    src, src_b = (layer.gate, layer.gate_bias) if layer.gate is not None else (layer.up, layer.up_bias)
+    src, src_b = layer.act_projection()
     w = src.detach().float()
     b = src_b.detach().float() if src_b is not None else torch.zeros(w.shape[0], device=w.device)
     z = x.float() @ w.T + b

@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import baselines as B
-from .config import LTEConfig, TrainConfig, layer_offsets
+from .config import LTEConfig, TrainConfig, check_layer_offsets
 from .data import pack
 from .evaluate import perplexity
 from .sparsify import set_mode, sparsify
@@ -579,8 +579,7 @@ def run_sweep(out: str | os.PathLike, methods: str | list[str], sparsities: str 
     if settings.layer_target_offsets is not None:  # every LTE target's layers must stay in (0, 1), before any work
         for m, t in points:
             if m == "lte":
-                n = len(settings.layer_target_offsets) if isinstance(settings.layer_target_offsets, list) else 2
-                layer_offsets(settings.layer_target_offsets, n, t)
+                check_layer_offsets(settings.layer_target_offsets, t)
     rows = load_rows(out)
     done = {_key(r["method"], r["target_sparsity"]) for r in rows}
     pending = [p for p in points if _key(*p) not in done]

@@ -84,8 +84,7 @@ class MoERouter(nn.Module):
 
 def expert_centroids(layer: LTEFFN) -> torch.Tensor:
     """``[E, d]``: mean of each expert's L2-normalised gate (or up) weight rows."""
-    w = layer.gate if layer.gate is not None else layer.up
-    w = F.normalize(w.detach().float(), dim=1)
+    w = F.normalize(layer.act_projection()[0].detach().float(), dim=1)
     return w.unflatten(0, (layer.n_experts, layer.expert_size)).mean(1)
 
 
