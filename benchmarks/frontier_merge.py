@@ -29,7 +29,8 @@ from pathlib import Path
 from lte.sweep import METHODS, load_rows, plot, read_rows_file
 
 TRAIN_SETTINGS = ("train_steps", "distill_weight", "lr", "seed")
-LTE_SETTINGS = ("expert_size", "router_lr", "router_init", "router_form", "stage1_fraction", "separability_weight",
+LTE_SETTINGS = ("expert_size", "router_lr", "router_init", "router_form", "layer_target_offsets", "stage1_fraction",
+                "separability_weight",
                 "stage2_bias_gain") + TRAIN_SETTINGS
 
 
@@ -52,7 +53,7 @@ def source_rows(spec: str) -> list[dict]:
     methods = {r["method"] for r in rows}
     target = "lte" if "lte" in methods or len(methods) != 1 else methods.pop()
     keys, field = (LTE_SETTINGS, "lte_settings") if target == "lte" else (TRAIN_SETTINGS, "settings")
-    extra = {k: settings[k] for k in keys if k in settings}
+    extra = {k: settings[k] for k in keys if settings.get(k) is not None}
     return [{**r, "method": label, field: extra} if r["method"] == target else r for r in rows]
 
 

@@ -20,12 +20,15 @@ def _sweep(tmp: Path, name: str, methods: list[str], **settings) -> Path:
 
 
 def test_label_renames_lte_rows_and_records_lte_settings(tmp_path):
-    d = _sweep(tmp_path, "a", ["lte", "cats-finetune"], router_init="gate", expert_size=1)
+    d = _sweep(tmp_path, "a", ["lte", "cats-finetune"], router_init="gate", expert_size=1,
+               layer_target_offsets="linear:0.1", router_form=None)
     rows = frontier_merge.source_rows(f"{d}=lte-gate")
     by = {r["method"]: r for r in rows}
     assert set(by) == {"lte-gate", "cats-finetune"}  # only the lte rows take the label
     assert by["lte-gate"]["lte_settings"]["router_init"] == "gate"
     assert by["lte-gate"]["lte_settings"]["seed"] == 1
+    assert by["lte-gate"]["lte_settings"]["layer_target_offsets"] == "linear:0.1"
+    assert "router_form" not in by["lte-gate"]["lte_settings"]  # unset (None) settings are left out
     assert "settings" not in by["cats-finetune"]
 
 
