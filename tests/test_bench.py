@@ -30,10 +30,11 @@ def test_sparse_ffn_operator_matches_reference_and_compiles():
     with torch.no_grad():
         eager = layer(x)
         assert torch.allclose(eager, layer.reference_hard(x), atol=1e-5)
-        fake = torch.library.opcheck(torch.ops.lte.sparse_ffn.default, (
-            x[0], layer.up, layer.down, layer.router.weight, layer.router.bias, layer.gate, None, None, None, 16,
-            "silu", 0.0, "auto"))
-    assert all(v == "SUCCESS" for v in fake.values()), fake
+        for center in (None, torch.randn(layer.n_experts)):  # linear and folded routers
+            fake = torch.library.opcheck(torch.ops.lte.sparse_ffn.default, (
+                x[0], layer.up, layer.down, layer.router.weight, layer.router.bias, center, layer.gate, None, None,
+                None, 16, "silu", 0.0, "auto"))
+            assert all(v == "SUCCESS" for v in fake.values()), fake
 
 
 @pytest.mark.slow

@@ -55,8 +55,9 @@ def triton_ffn():
 
 
 def make_case(n: int, d: int, s: int, n_exp: int, dtype: torch.dtype, *, gated: bool, biases: bool, mode: str,
-              device: str = "cpu", seed: int = 0) -> dict:
-    """Random FFN problem; ``mode`` is none / all / single / random (about half of the experts)."""
+              device: str = "cpu", seed: int = 0, folded: bool = False) -> dict:
+    """Random FFN problem; ``mode`` is none / all / single / random (about half of the experts);
+    ``folded`` adds a router center (logits ``|x W^T + c| + b``)."""
     g = torch.Generator().manual_seed(seed)
     f = s * n_exp
 
@@ -81,8 +82,13 @@ def make_case(n: int, d: int, s: int, n_exp: int, dtype: torch.dtype, *, gated: 
         router_b[n_exp // 2] = 1.0
     elif mode == "random":
         thr = 0.1
+        if folded:  # |z| >= 0: shift the bias so that about half of the experts stay selected
+            router_b = router_b - 0.6
     else:
         raise ValueError(mode)
+    if folded:
+        center = torch.randn(n_exp, generator=g) * 0.5 if mode != "single" else torch.zeros(n_exp)
+        case["router_center"] = center.to(dtype=dtype, device=device)
     case.update(router_w=router_w.to(dtype=dtype, device=device), router_b=router_b.to(dtype=dtype, device=device),
                 logit_threshold=thr)
     return case
@@ -93,13 +99,16 @@ def check_backend(case: dict, act: str, backend: str) -> None:
     except within NEAR of the threshold."""
     c = dict(case)
     x, router_w, router_b, thr = c.pop("x"), c.pop("router_w"), c.pop("router_b"), c.pop("logit_threshold")
-    w_up, w_down = c.pop("w_up"), c.pop("w_down")
+    w_up, w_down, center = c.pop("w_up"), c.pop("w_down"), c.pop("router_center", None)
     y, mask = kernels.sparse_ffn(x, w_up, w_down, router_w, router_b, act=act, logit_threshold=thr,
-                                 backend=backend, **c)
+                                 router_center=center, backend=backend, **c)
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
     assert mask.shape == (x.shape[0], router_w.shape[0]) and mask.dtype == torch.bool
-    logits = x.float() @ router_w.float().t() + router_b.float()
-    ref_mask = router_mask(x, router_w, router_b, thr)
+    logits = x.float() @ router_w.float().t()
+    if center is not None:
+        logits = (logits + center.float()).abs()
+    logits = logits + router_b.float()
+    ref_mask = router_mask(x, router_w, router_b, thr, router_center=center)
     clear = (logits - thr).abs() > NEAR
     assert torch.equal(mask[clear].cpu(), ref_mask[clear].cpu()), "mask differs from the reference router"
     dbl = {k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()}
@@ -131,6 +140,27 @@ def test_cpu_gather_fallback_matches_reference(n, monkeypatch):
         for mode in MODES:
             check_backend(make_case(n, 40, 4, 5, torch.float32, gated=gated, biases=biases, mode=mode, seed=i),
                           act, "cpu")
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).replace("torch.", ""))
+def test_folded_router_every_backend(n, dtype, monkeypatch):
+    """Folded routers (|x W^T + c| + b) select the same experts on every backend, native and fallback."""
+    for i, (gated, biases, act) in enumerate(VARIANTS):
+        for mode in MODES:
+            case = make_case(n, 72, 8, 6, dtype, gated=gated, biases=biases, mode=mode, seed=i, folded=True)
+            for backend in ("reference", "cpu"):
+                check_backend(case, act, backend)
+    monkeypatch.setattr(cpu_kernels, "native_library", lambda: None)
+    check_backend(make_case(n, 40, 4, 5, dtype, gated=True, biases=True, mode="random", folded=True), "silu", "cpu")
+
+
+def test_folded_mask_differs_from_linear():
+    """The center is used: a folded router selects experts a linear router with the same weights would not."""
+    case = make_case(4, 72, 8, 6, torch.float32, gated=True, biases=False, mode="random", seed=2, folded=True)
+    folded = router_mask(case["x"], case["router_w"], case["router_b"], 0.1, router_center=case["router_center"])
+    linear = router_mask(case["x"], case["router_w"], case["router_b"], 0.1)
+    assert not torch.equal(folded, linear) and 0 < folded.float().mean() < 1
 
 
 def test_cpu_native_kernel_builds():
@@ -176,6 +206,18 @@ def test_triton_backend_matches_reference(triton_ffn, n, dtype):
             case = make_case(n, 100, 16 if i % 2 else 8, 5, dtype, gated=gated, biases=biases, mode=mode,
                              device=device, seed=i)
             check_backend(case, act, "triton")
+
+
+@pytest.mark.parametrize("variant", ["fused", "splitk"])
+@pytest.mark.parametrize("n", [1, 4])
+def test_triton_folded_router(triton_ffn, variant, n, monkeypatch):
+    device = "cuda" if HAS_CUDA else "cpu"
+    monkeypatch.setattr(triton_ffn, "FORCED_VARIANT", variant)
+    for dtype in (torch.float32, torch.bfloat16):
+        for mode in MODES:
+            case = make_case(n, 72, 8, 6, dtype, gated=True, biases=True, mode=mode, device=device, seed=n,
+                             folded=True)
+            check_backend(case, "silu", "triton")
 
 
 @pytest.mark.parametrize("expert_size", [1, 2, 4])

@@ -86,8 +86,8 @@ def _add_common_train_flags(p: argparse.ArgumentParser) -> None:
 ROUTER_FORM_HELP = ("router form: linear (default: sigmoid(x W + b), the paper's) or folded (sigmoid(|x W + c| + b): "
                     "an expert can be selected on both sides of a fold, as CATS keeps |silu(gate)| > t; with "
                     "--router-init gate it starts as |gate pre-activation|, near CATS's selection: use a small "
-                    "--router-lr, 2e-3 to 5e-3, the best LTE of the GPU frontier at 0.5 and 0.75, BENCHMARKS.md). "
-                    "Folded routers run hard mode on the reference path: the kernels compute linear routers only")
+                    "--router-lr, 2e-3 to 5e-3, the best LTE of the GPU frontier at 0.5 and 0.75, BENCHMARKS.md); "
+                    "every kernel backend computes both forms")
 
 
 def layer_offsets_arg(text: str) -> list[float] | str:

@@ -212,13 +212,9 @@ class LTEFFN(nn.Module):
         from . import kernels  # late import: kernels are optional at training time
 
         x2 = x.reshape(-1, x.shape[-1])
-        if self.router.center is not None:  # the kernels compute linear router logits only
-            mask = self.router.logits(x2) > self.logit_threshold
-            y = self._masked(x2, mask)
-        else:
-            y, mask = kernels.sparse_ffn_op(
-                x2, self.up, self.down, self.router.weight, self.router.bias, self.gate, self.up_bias,
-                self.gate_bias, self.down_bias, self.expert_size, self.act, self.logit_threshold, self.backend)
+        y, mask = kernels.sparse_ffn_op(
+            x2, self.up, self.down, self.router.weight, self.router.bias, self.router.center, self.gate, self.up_bias,
+            self.gate_bias, self.down_bias, self.expert_size, self.act, self.logit_threshold, self.backend)
         if self.state.track_stats:
             self._record(mask.reshape(*x.shape[:-1], -1), tmask, n_tokens)
         return y.reshape(x.shape)

@@ -1,7 +1,7 @@
 """Kernel dispatch for the hard-mode sparse FFN.
 
 Backends (all compute exactly :func:`lte.kernels.reference.sparse_ffn_reference` with the mask
-of :func:`lte.kernels.reference.router_mask`):
+of :func:`lte.kernels.reference.router_mask`, linear or folded routers alike):
 
 * ``reference``: masked dense PyTorch, any device (the definition).
 * ``triton``: CUDA (or ``TRITON_INTERPRET=1`` on CPU tensors); one launch at decode sizes
@@ -95,20 +95,24 @@ def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router
                router_b: torch.Tensor | None, *, expert_size: int, act: str, w_gate: torch.Tensor | None = None,
                b_up: torch.Tensor | None = None, b_gate: torch.Tensor | None = None,
                b_down: torch.Tensor | None = None, logit_threshold: float = 0.0,
-               backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard-mode FFN over ``x`` ``[N, d]``: returns ``(y [N, d], mask [N, E] bool)``."""
+               router_center: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard-mode FFN over ``x`` ``[N, d]``: returns ``(y [N, d], mask [N, E] bool)``. With
+    ``router_center`` ``[E]`` the router is folded: ``|x W^T + c| + b`` (``lte.router``)."""
     _check_args(x, w_up, w_down, router_w, expert_size, act)
+    if router_center is not None and router_center.shape != (router_w.shape[0],):
+        raise ValueError(f"router_center must be [E={router_w.shape[0]}], got {tuple(router_center.shape)}")
     name = resolve_backend(backend, x.device)
     kw = dict(expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up, b_gate=b_gate, b_down=b_down)
+    rkw = dict(logit_threshold=logit_threshold, router_center=router_center)
     if name == "triton":
         from .triton_ffn import MAX_DECODE_TOKENS, sparse_ffn_triton
         if x.shape[0] <= MAX_DECODE_TOKENS:
-            return sparse_ffn_triton(x, w_up, w_down, router_w, router_b, logit_threshold=logit_threshold, **kw)
+            return sparse_ffn_triton(x, w_up, w_down, router_w, router_b, **rkw, **kw)
         # Prefill: the union of many tokens' experts is nearly all of them; masked dense cuBLAS is fastest.
     elif name == "cpu":
         from .cpu import sparse_ffn_cpu
-        return sparse_ffn_cpu(x, w_up, w_down, router_w, router_b, logit_threshold=logit_threshold, **kw)
-    mask = router_mask(x, router_w, router_b, logit_threshold)
+        return sparse_ffn_cpu(x, w_up, w_down, router_w, router_b, **rkw, **kw)
+    mask = router_mask(x, router_w, router_b, **rkw)
     return sparse_ffn_reference(x, w_up, w_down, mask, **kw), mask
 
 
@@ -118,16 +122,18 @@ def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router
 # a ctypes or Triton launcher call.
 @torch.library.custom_op("lte::sparse_ffn", mutates_args=())
 def sparse_ffn_op(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
-                  router_b: torch.Tensor | None, w_gate: torch.Tensor | None, b_up: torch.Tensor | None,
-                  b_gate: torch.Tensor | None, b_down: torch.Tensor | None, expert_size: int, act: str,
-                  logit_threshold: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                  router_b: torch.Tensor | None, router_center: torch.Tensor | None, w_gate: torch.Tensor | None,
+                  b_up: torch.Tensor | None, b_gate: torch.Tensor | None, b_down: torch.Tensor | None,
+                  expert_size: int, act: str, logit_threshold: float,
+                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``sparse_ffn`` as a registered operator (``torch.ops.lte.sparse_ffn``)."""
     y, mask = sparse_ffn(x, w_up, w_down, router_w, router_b, expert_size=expert_size, act=act, w_gate=w_gate,
-                         b_up=b_up, b_gate=b_gate, b_down=b_down, logit_threshold=logit_threshold, backend=backend)
+                         b_up=b_up, b_gate=b_gate, b_down=b_down, logit_threshold=logit_threshold,
+                         router_center=router_center, backend=backend)
     return y.clone() if y.data_ptr() == x.data_ptr() else y, mask
 
 
 @sparse_ffn_op.register_fake
-def _sparse_ffn_fake(x, w_up, w_down, router_w, router_b, w_gate, b_up, b_gate, b_down, expert_size, act,
-                     logit_threshold, backend):
+def _sparse_ffn_fake(x, w_up, w_down, router_w, router_b, router_center, w_gate, b_up, b_gate, b_down, expert_size,
+                     act, logit_threshold, backend):
     return x.new_empty(x.shape[0], w_up.shape[1]), x.new_empty(x.shape[0], router_w.shape[0], dtype=torch.bool)

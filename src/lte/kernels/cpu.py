@@ -128,12 +128,13 @@ static void axpy_$S(float a, const $T* restrict w, float* restrict y, int64_t d)
 
 _KERNEL = r"""
 /* y[n,d] and mask[n,E] from x[n,d]; weights [f,d] neuron-contiguous; expert e = rows [e*s, (e+1)*s).
-   rw/rb have their own type code rty (the router is often kept in fp32). Returns 0, or -1 on OOM.
+   rw/rb/rc have their own type code rty (the router is often kept in fp32); rc, when given, folds
+   the router: logit = |x.rw + rc| + rb. Returns 0, or -1 on OOM.
    Two barriers per call (after the router, after the expert loop): every thread derives the same
    list of chosen experts from the shared mask itself instead of waiting for one thread to write it. */
 int lte_ffn_$S(int64_t n, int64_t d, int64_t s, int64_t E,
                const $T* x, const $T* wg, const $T* wu, const $T* wd,
-               const void* rw, const void* rb, int rty,
+               const void* rw, const void* rb, const void* rc, int rty,
                const $T* bg, const $T* bu, const $T* bd,
                float thr, int act, $T* y, uint8_t* mask, int nthreads) {
     if (nthreads < 1) nthreads = 1;
@@ -156,6 +157,7 @@ int lte_ffn_$S(int64_t n, int64_t d, int64_t s, int64_t E,
                 if (rty == 0) l = dot_f32((const float*)rw + e * d, xf + t * d, d);
                 else if (rty == 1) l = dot_bf16((const uint16_t*)rw + e * d, xf + t * d, d);
                 else l = dot_f16((const _Float16*)rw + e * d, xf + t * d, d);
+                if (rc) l = fabsf(l + ld_any(rc, e, rty));
                 if (rb) l += ld_any(rb, e, rty);
                 mask[t * E + e] = l > thr;
             }
@@ -260,7 +262,7 @@ def _compile() -> ctypes.CDLL:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     for suf, _ in _C_TYPES:
         fn = getattr(lib, f"lte_ffn_{suf}")
-        fn.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, i32, p, p, p, f32, i32, p, p, i32]
+        fn.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, i32, p, p, p, f32, i32, p, p, i32]
         fn.restype = i32
     return lib
 
@@ -321,9 +323,10 @@ def sparse_ffn_cpu(
     x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
     router_b: torch.Tensor | None, *, expert_size: int, act: str, w_gate: torch.Tensor | None = None,
     b_up: torch.Tensor | None = None, b_gate: torch.Tensor | None = None, b_down: torch.Tensor | None = None,
-    logit_threshold: float = 0.0,
+    logit_threshold: float = 0.0, router_center: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse FFN on CPU tensors; returns ``(y [N, d], mask [N, E])`` equal to the reference."""
+    """Sparse FFN on CPU tensors; returns ``(y [N, d], mask [N, E])`` equal to the reference
+    (``router_center``: a folded router, see :func:`lte.kernels.reference.router_mask`)."""
     if x.device.type != "cpu":
         raise ValueError(f"the cpu backend needs CPU tensors, got {x.device}")
     if act not in _ACT_CODE:
@@ -333,7 +336,7 @@ def sparse_ffn_cpu(
     dt = x.dtype
     if lib is None or dt not in _TYPE_CODE or router_w.dtype not in _TYPE_CODE:
         kw = dict(expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up, b_gate=b_gate, b_down=b_down)
-        mask = router_mask(x, router_w, router_b, logit_threshold)
+        mask = router_mask(x, router_w, router_b, logit_threshold, router_center)
         if n > MAX_NATIVE_TOKENS or dt not in _TYPE_CODE:
             return sparse_ffn_reference(x, w_up, w_down, mask, **kw), mask
         return _gather_ffn(x, w_up, w_down, mask, **kw), mask
@@ -342,13 +345,13 @@ def sparse_ffn_cpu(
     w_up, w_down, w_gate = _prep(w_up, dt), _prep(w_down, dt), _prep(w_gate, dt)
     b_up, b_gate, b_down = _prep(b_up, dt), _prep(b_gate, dt), _prep(b_down, dt)
     rdt = router_w.dtype
-    router_w, router_b = _prep(router_w, rdt), _prep(router_b, rdt)
+    router_w, router_b, router_center = _prep(router_w, rdt), _prep(router_b, rdt), _prep(router_center, rdt)
     n_exp = router_w.shape[0]
     y = torch.empty(n, d, dtype=dt)
     mask = torch.empty(n, n_exp, dtype=torch.bool)
     rc = getattr(lib, _FN_NAME[dt])(
         n, d, expert_size, n_exp, x.data_ptr(), _ptr(w_gate), w_up.data_ptr(), w_down.data_ptr(),
-        router_w.data_ptr(), _ptr(router_b), _TYPE_CODE[rdt], _ptr(b_gate), _ptr(b_up), _ptr(b_down),
+        router_w.data_ptr(), _ptr(router_b), _ptr(router_center), _TYPE_CODE[rdt], _ptr(b_gate), _ptr(b_up), _ptr(b_down),
         float(logit_threshold), _ACT_CODE[act], y.data_ptr(), mask.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise MemoryError("the native CPU sparse FFN could not allocate its scratch buffers")

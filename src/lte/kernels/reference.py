@@ -29,13 +29,18 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def router_mask(
-    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, logit_threshold: float = 0.0
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, logit_threshold: float = 0.0,
+    router_center: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Expert selection ``[N, E]`` (bool): ``x @ router_w.T + router_b > logit_threshold`` in fp32.
+    """Expert selection ``[N, E]`` (bool): ``x @ router_w.T + router_b > logit_threshold`` in fp32,
+    or ``|x @ router_w.T + router_center| + router_b > logit_threshold`` for a folded router
+    (``lte.router``).
 
     ``sigmoid(z) > tau`` is the same as ``z > logit(tau)``, so the sigmoid is never computed.
     """
     logits = x.float() @ router_w.float().t()
+    if router_center is not None:
+        logits = (logits + router_center.float()).abs()
     if router_b is not None:
         logits = logits + router_b.float()
     return logits > logit_threshold

@@ -73,9 +73,10 @@ def default_variant(n_tokens: int) -> str:
 
 
 @triton.jit
-def _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, HAS_RB: tl.constexpr):
-    """Router logits of expert ``e`` for every token (fp32), shared by both kernel variants."""
+def _router_logits(x_ptr, rw_ptr, rb_ptr, rc_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, HAS_RB: tl.constexpr, HAS_RC: tl.constexpr):
+    """Router logits of expert ``e`` for every token (fp32), shared by both kernel variants
+    (``HAS_RC``: a folded router, ``|x w + c| + b``)."""
     racc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
         offs_k = k0 + offs_kb
@@ -84,6 +85,8 @@ def _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N: 
         rw = tl.load(rw_ptr + e * D + offs_k, mask=k_ok, other=0.0)
         racc += xt.to(tl.float32) * rw.to(tl.float32)[None, :]
     logit = tl.sum(racc, axis=1)
+    if HAS_RC:
+        logit = tl.abs(logit + tl.load(rc_ptr + e).to(tl.float32))
     if HAS_RB:
         logit += tl.load(rb_ptr + e).to(tl.float32)
     return logit
@@ -115,9 +118,9 @@ def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _fused_kernel(
-    x_ptr, wg_ptr, wu_ptr, wd_ptr, rw_ptr, rb_ptr, bg_ptr, bu_ptr, y_ptr, mask_ptr,
+    x_ptr, wg_ptr, wu_ptr, wd_ptr, rw_ptr, rb_ptr, rc_ptr, bg_ptr, bu_ptr, y_ptr, mask_ptr,
     N, D, F, S, E, threshold,
-    HAS_GATE: tl.constexpr, HAS_RB: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_RB: tl.constexpr, HAS_RC: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
     ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     N_SUB: tl.constexpr, ROUTER_K: tl.constexpr,
@@ -131,8 +134,8 @@ def _fused_kernel(
     offs_kb = tl.arange(0, BLOCK_K)
 
     # Router logits of expert e for every token, fp32.
-    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, tl.arange(0, ROUTER_K), D, BLOCK_N, ROUTER_K,
-                           HAS_RB)
+    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, rc_ptr, e, offs_n, n_ok, tl.arange(0, ROUTER_K), D, BLOCK_N,
+                           ROUTER_K, HAS_RB, HAS_RC)
     sel = (logit > threshold) & n_ok
     if sub == 0:
         tl.store(mask_ptr + offs_n * E + e, sel.to(tl.int8), mask=n_ok)
@@ -197,8 +200,8 @@ def _fused_kernel(
 
 @triton.jit
 def _router_kernel(
-    x_ptr, rw_ptr, rb_ptr, bd_ptr, mask_ptr, gu_ptr, y_ptr, N, D, F, S, E, threshold, Z_PER_PROG,
-    HAS_RB: tl.constexpr, HAS_BD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, rw_ptr, rb_ptr, rc_ptr, bd_ptr, mask_ptr, gu_ptr, y_ptr, N, D, F, S, E, threshold, Z_PER_PROG,
+    HAS_RB: tl.constexpr, HAS_RC: tl.constexpr, HAS_BD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_Z: tl.constexpr,
 ):
     """splitk step 1, one program per expert: router logits -> mask; zero this expert's gate/up
@@ -207,7 +210,8 @@ def _router_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_kb = tl.arange(0, BLOCK_K)
-    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N, BLOCK_K, HAS_RB)
+    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, rc_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N, BLOCK_K, HAS_RB,
+                           HAS_RC)
     tl.store(mask_ptr + offs_n * E + e, ((logit > threshold) & n_ok).to(tl.int8), mask=n_ok)
     offs_s = tl.arange(0, BLOCK_S)
     zmask = n_ok[:, None] & (offs_s < S)[None, :]
@@ -346,8 +350,8 @@ def sparse_ffn_triton(
     x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
     router_b: torch.Tensor | None, *, expert_size: int, act: str, w_gate: torch.Tensor | None = None,
     b_up: torch.Tensor | None = None, b_gate: torch.Tensor | None = None, b_down: torch.Tensor | None = None,
-    logit_threshold: float = 0.0, variant: str | None = None, block_f: int | None = None,
-    config: dict | None = None,
+    logit_threshold: float = 0.0, router_center: torch.Tensor | None = None, variant: str | None = None,
+    block_f: int | None = None, config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode-size sparse FFN (1..16 tokens) with no host synchronisation; returns ``(y, mask)``.
 
@@ -376,7 +380,8 @@ def sparse_ffn_triton(
     dev = x.device
     mask = torch.empty(n, n_exp, device=dev, dtype=torch.int8)
     dummy = w_up
-    opt = {"w_gate": w_gate, "router_b": router_b, "b_gate": b_gate, "b_up": b_up, "b_down": b_down}
+    opt = {"w_gate": w_gate, "router_b": router_b, "router_center": router_center, "b_gate": b_gate, "b_up": b_up,
+           "b_down": b_down}
     ptr = {k: (v if v is not None else dummy) for k, v in opt.items()}
     env = _ENV_CONFIG if chosen else {}  # LTE_TRITON_CONFIG tunes the variant inference runs
     if variant == "splitk":
@@ -388,8 +393,9 @@ def sparse_ffn_triton(
         rn = triton.next_power_of_2(n)
         z_per = triton.cdiv(n * d, n_exp)
         _router_kernel[(n_exp,)](
-            x, router_w, ptr["router_b"], ptr["b_down"], mask, gu, y32, n, d, f, expert_size, n_exp,
-            float(logit_threshold), z_per, HAS_RB=router_b is not None, HAS_BD=b_down is not None, BLOCK_N=rn,
+            x, router_w, ptr["router_b"], ptr["router_center"], ptr["b_down"], mask, gu, y32, n, d, f, expert_size,
+            n_exp, float(logit_threshold), z_per, HAS_RB=router_b is not None, HAS_RC=router_center is not None,
+            HAS_BD=b_down is not None, BLOCK_N=rn,
             BLOCK_K=max(64, min(triton.next_power_of_2(d), 4096 // rn)), BLOCK_S=block_s,
             BLOCK_Z=triton.next_power_of_2(z_per), num_warps=4)
         block_k = min(cfg["block_k"], max(16, triton.next_power_of_2(d)))
@@ -420,9 +426,10 @@ def sparse_ffn_triton(
     else:
         y32 = torch.zeros(n, d, device=dev, dtype=torch.float32)
     _fused_kernel[(n_exp * n_sub,)](
-        x, ptr["w_gate"], w_up, w_down, router_w, ptr["router_b"], ptr["b_gate"], ptr["b_up"], y32, mask,
-        n, d, f, expert_size, n_exp, float(logit_threshold),
-        HAS_GATE=w_gate is not None, HAS_RB=router_b is not None, HAS_BG=b_gate is not None,
+        x, ptr["w_gate"], w_up, w_down, router_w, ptr["router_b"], ptr["router_center"], ptr["b_gate"], ptr["b_up"],
+        y32, mask, n, d, f, expert_size, n_exp, float(logit_threshold),
+        HAS_GATE=w_gate is not None, HAS_RB=router_b is not None, HAS_RC=router_center is not None,
+        HAS_BG=b_gate is not None,
         HAS_BU=b_up is not None, ACT=_ACT_CODE[act], USE_DOT=use_dot, PREC=prec,
         UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f,
         BLOCK_K=min(cfg["block_k_dot" if use_dot else "block_k"], max(16, triton.next_power_of_2(d))),
