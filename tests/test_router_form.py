@@ -106,3 +106,19 @@ def test_folded_model_runs_round_trips_and_trains_its_center(tokens, tmp_path, m
     with torch.no_grad():
         assert torch.equal(loaded(tokens).logits, ref)
     assert any(p is layer.router.center for p in router_parameters(model))
+
+
+def test_folded_hard_mode_compiles_through_the_kernel_op(tokens):
+    """A compiled folded model (the sparse-FFN op traced with its center) gives the eager logits."""
+    model = tiny_llama()
+    lte.sparsify(model, lte.LTEConfig(expert_size=8, router_form="folded", router_bias_init=-1.0,
+                                      router_init_std=3.0), progress=False)
+    for layer in lte_layers(model):
+        with torch.no_grad():
+            layer.router.center.uniform_(-1, 1)
+    lte.set_mode(model, "hard")
+    with torch.no_grad():
+        eager = model(tokens).logits
+        compiled = torch.compile(model, backend="aot_eager")(tokens).logits
+    assert 0.05 < lte.stats(model)["ffn_sparsity"] < 0.95
+    assert torch.allclose(compiled, eager, atol=1e-5)
