@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import lte
-from lte.baselines.base import capture_ffn_inputs
+from lte.baselines.base import abs_quantile, capture_ffn_inputs
 from lte.kernels.reference import activation
 from lte.models import load_model
 from lte.sparsify import lte_layers
@@ -57,8 +57,7 @@ def analyse(model: torch.nn.Module, blocks: torch.Tensor) -> dict:
         for s in SPARSITIES:
             for name, score in (("oracle", h), ("cats", a.abs()), ("gate_linear", g), ("gate_folded", g.abs())):
                 out[s][name].append(float(((h * _keep_top(score, s)).sum(-1) / total).mean()))
-            t = torch.quantile(a.abs().flatten()[:4_000_000], s)
-            kept = a.abs() > t
+            kept = a.abs() > abs_quantile(a, s)  # CATS's own threshold rule (lte.baselines.cats)
             out[s]["cats_negative_share"].append(float((kept & (g < 0)).sum() / kept.sum().clamp_min(1)))
     return {str(s): {k: round(sum(v) / len(v), 4) for k, v in d.items()} | {"per_layer_cats_negative_share":
             [round(v, 3) for v in d["cats_negative_share"]]} for s, d in out.items()}

@@ -30,8 +30,7 @@ from lte.sweep import METHODS, load_rows, plot, read_rows_file
 
 TRAIN_SETTINGS = ("train_steps", "distill_weight", "lr", "seed")
 LTE_SETTINGS = ("expert_size", "router_lr", "router_init", "router_form", "layer_target_offsets", "stage1_fraction",
-                "separability_weight",
-                "stage2_bias_gain") + TRAIN_SETTINGS
+                "separability_weight", "stage2_bias_gain") + TRAIN_SETTINGS
 
 
 def source_rows(spec: str) -> list[dict]:

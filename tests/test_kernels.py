@@ -310,6 +310,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="x must be"):
         kernels.sparse_ffn(case["x"][0], case["w_up"], case["w_down"], case["router_w"], None, expert_size=4,
                            act="silu")
+    with pytest.raises(ValueError, match="router_center must be"):
+        kernels.sparse_ffn(case["x"], case["w_up"], case["w_down"], case["router_w"], None, expert_size=4,
+                           act="silu", router_center=torch.zeros(5))
 
 
 def test_union_sparsity():

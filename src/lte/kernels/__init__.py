@@ -76,7 +76,7 @@ def union_sparsity(mask: torch.Tensor) -> float:
 
 
 def _check_args(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
-                expert_size: int, act: str) -> None:
+                router_center: torch.Tensor | None, expert_size: int, act: str) -> None:
     if x.dim() != 2 or x.shape[0] < 1:
         raise ValueError(f"x must be [N >= 1, d], got shape {tuple(x.shape)}")
     if act not in ACTIVATIONS:
@@ -89,6 +89,8 @@ def _check_args(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, route
         raise ValueError(f"f={f} is not a multiple of expert_size={expert_size}")
     if router_w.shape != (f // expert_size, d):
         raise ValueError(f"router_w must be [E={f // expert_size}, d={d}], got {tuple(router_w.shape)}")
+    if router_center is not None and router_center.shape != (f // expert_size,):
+        raise ValueError(f"router_center must be [E={f // expert_size}], got {tuple(router_center.shape)}")
 
 
 def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
@@ -98,9 +100,7 @@ def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router
                router_center: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Hard-mode FFN over ``x`` ``[N, d]``: returns ``(y [N, d], mask [N, E] bool)``. With
     ``router_center`` ``[E]`` the router is folded: ``|x W^T + c| + b`` (``lte.router``)."""
-    _check_args(x, w_up, w_down, router_w, expert_size, act)
-    if router_center is not None and router_center.shape != (router_w.shape[0],):
-        raise ValueError(f"router_center must be [E={router_w.shape[0]}], got {tuple(router_center.shape)}")
+    _check_args(x, w_up, w_down, router_w, router_center, expert_size, act)
     name = resolve_backend(backend, x.device)
     kw = dict(expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up, b_gate=b_gate, b_down=b_down)
     rkw = dict(logit_threshold=logit_threshold, router_center=router_center)
