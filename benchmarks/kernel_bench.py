@@ -35,7 +35,8 @@ SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
 # when few experts are selected, and smaller tiles let more programs share an SM (KERNEL_NOTES.md).
 FUSED_TRIES = ((512, 512, 1024, 4, 32), (1024, 1024, 4096, 8, 32), (2048, 1024, 4096, 16, 32),
                (1024, 1024, 4096, 8, 16), (1024, 1024, 4096, 4, 16), (1024, 1024, 4096, 4, 8),
-               (2048, 2048, 4096, 4, 8), (1024, 1024, 4096, 2, 8), (2048, 2048, 4096, 8, 8))
+               (2048, 2048, 4096, 4, 8), (1024, 1024, 4096, 2, 8), (2048, 2048, 4096, 8, 8),
+               (2048, 2048, 4096, 4, 16))  # the v4 default before 4096-wide down chunks
 
 
 def make_weights(n_copies: int, d: int, f: int, s: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[dict]:
@@ -194,7 +195,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
                      *((f"fused_f{bf}k{k}d{dd}r{r}w{nw}",
                         dict(variant="fused", config=dict(block_k=k, block_d=dd, router_k=r, num_warps=nw,
                                                           block_f=bf)))
-                       for k, dd, r, nw, bf in FUSED_TRIES))
+                       for k, dd, r, nw, bf in args.fused_tries))
             for name, kw in tried[:2] if args.quick else tried:
                 split = kw.get("config", {}).get("block_f", 32) < 32
                 if kw["variant"] in broken or split and "fused_f8" in broken or batch > 1 and name.startswith("fused_f"):
@@ -286,6 +287,17 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def _tilings(text: str) -> tuple[tuple[int, ...], ...]:
+    """``--fused-tries`` value: comma-separated K/D/R/W/F tilings."""
+    try:
+        out = tuple(tuple(int(v) for v in t.split("/")) for t in text.split(",") if t.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected K/D/R/W/F,... with integers, got {text!r}") from exc
+    if not out or any(len(t) != 5 or min(t) < 1 for t in out):
+        raise argparse.ArgumentTypeError(f"each tiling needs 5 positive integers K/D/R/W/F, got {text!r}")
+    return out
+
+
 def main() -> None:
     """Parse arguments, run the benchmark, write the JSON list."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,6 +311,9 @@ def main() -> None:
     p.add_argument("--check-batches", type=int, nargs="+", default=[1, 3, 8, 16],
                    help="GPU batch sizes of the full-shape correctness check before timing (default 1 3 8 16)")
     p.add_argument("--quick", action="store_true", help="GPU: time only the splitk and fused variants")
+    p.add_argument("--fused-tries", type=_tilings, default=FUSED_TRIES, metavar="K/D/R/W/F,...",
+                   help="GPU: fused tilings timed beside the defaults at batch 1, each gate/up K chunk / down d "
+                        "chunk / router chunk / warps / neurons per program (default: FUSED_TRIES)")
     p.add_argument("--reps", type=int, default=20, help="CPU repetitions")
     p.add_argument("--expert-size", type=int, default=32,
                    help="neurons per expert (default 32); the FFN width must be a multiple (11008 on the GPU "

@@ -100,8 +100,12 @@ def check_backend(case: dict, act: str, backend: str) -> None:
     c = dict(case)
     x, router_w, router_b, thr = c.pop("x"), c.pop("router_w"), c.pop("router_b"), c.pop("logit_threshold")
     w_up, w_down, center = c.pop("w_up"), c.pop("w_down"), c.pop("router_center", None)
-    y, mask = kernels.sparse_ffn(x, w_up, w_down, router_w, router_b, act=act, logit_threshold=thr,
-                                 router_center=center, backend=backend, **c)
+    if backend == "op":  # the registered operator, which the model calls (a C++ kernel on CPU)
+        y, mask = kernels.sparse_ffn_op(x, w_up, w_down, router_w, router_b, center, c["w_gate"], c["b_up"],
+                                        c["b_gate"], c["b_down"], c["expert_size"], act, thr, "auto")
+    else:
+        y, mask = kernels.sparse_ffn(x, w_up, w_down, router_w, router_b, act=act, logit_threshold=thr,
+                                     router_center=center, backend=backend, **c)
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
     assert mask.shape == (x.shape[0], router_w.shape[0]) and mask.dtype == torch.bool
     logits = x.float() @ router_w.float().t()
@@ -170,6 +174,76 @@ def test_cpu_native_kernel_builds():
     if shutil.which(os.environ.get("CC") or "gcc") is None and shutil.which("cc") is None:
         pytest.skip("no C compiler here: the cpu backend falls back to the PyTorch gather path")
     assert cpu_kernels.native_available(), "the C kernel failed to build although a compiler exists"
+
+
+@pytest.mark.parametrize("n", [1, 5, 8, 9])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).replace("torch.", ""))
+def test_cpu_operator_matches_reference(n, dtype):
+    """``torch.ops.lte.sparse_ffn`` on CPU (its C++ kernel up to 8 tokens, Python above) equals the reference."""
+    for i, (gated, biases, act) in enumerate(VARIANTS):
+        for mode in MODES:
+            for folded in (False, True):
+                case = make_case(n, 72, 8, 6, dtype, gated=gated, biases=biases, mode=mode, seed=i, folded=folded)
+                check_backend(case, act, "op")
+
+
+def _have_cxx() -> bool:
+    import shutil
+    return shutil.which(os.environ.get("CXX") or "g++") is not None or shutil.which("c++") is not None
+
+
+def test_cpu_operator_native_kernel_registered():
+    if os.environ.get("LTE_DISABLE_NATIVE", "0") not in ("", "0"):
+        pytest.skip("native kernel disabled by LTE_DISABLE_NATIVE")
+    if not (cpu_kernels.native_available() and _have_cxx()):
+        pytest.skip("no C/C++ compiler here: the operator keeps its Python kernel")
+    from lte.kernels import cpu_op
+    assert cpu_op.load_native_op(), "the C++ operator failed to build although compilers exist"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("lte::sparse_ffn", "CPU")
+
+
+def _op_call(case: dict, backend: str = "auto", **over):
+    c = {**case, **over}
+    return kernels.sparse_ffn_op(c["x"], c["w_up"], c["w_down"], c["router_w"], c["router_b"],
+                                 c.get("router_center"), c["w_gate"], c["b_up"], c["b_gate"], c["b_down"],
+                                 c["expert_size"], "silu", c["logit_threshold"], backend)
+
+
+def _dispatch_call(case: dict, backend: str = "auto", **over):
+    c = {**case, **over}
+    x, w_up, w_down, rw, rb = (c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b"))
+    return kernels.sparse_ffn(x, w_up, w_down, rw, rb, act="silu", backend=backend, **c)
+
+
+def test_cpu_operator_hands_other_calls_to_the_python_dispatch():
+    """What the C++ kernel does not serve gives exactly what the Python dispatch gives: another backend,
+    prefill sizes, strided or mixed-dtype inputs; bad shapes raise the Python dispatch's error."""
+    case = make_case(2, 64, 8, 6, torch.bfloat16, gated=True, biases=True, mode="random", seed=5)
+    y, m = _op_call(case, "reference")
+    y2, m2 = _dispatch_call(case, "reference")
+    assert torch.equal(y, y2) and torch.equal(m, m2)
+    big = make_case(12, 64, 8, 6, torch.bfloat16, gated=True, biases=True, mode="random", seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(_op_call(big), _dispatch_call(big)))
+    for over in (dict(w_up=case["w_up"].t().contiguous().t()), dict(b_up=case["b_up"].float()),
+                 dict(router_b=case["router_b"].float())):
+        assert all(torch.equal(a, b) for a, b in zip(_op_call(case, **over), _dispatch_call(case, **over)))
+    with pytest.raises(ValueError, match="router_w must be"):
+        _op_call(case, router_w=case["router_w"][:3])
+    with pytest.raises(ValueError, match="router_center must be"):
+        _op_call(case, router_center=torch.zeros(2, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="unknown activation"):
+        kernels.sparse_ffn_op(case["x"], case["w_up"], case["w_down"], case["router_w"], None, None, None, None,
+                              None, None, 8, "swish", 0.0, "auto")
+
+
+def test_cpu_operator_output_needs_no_grad():
+    """The operator is inference-only: trainable weights do not make its outputs part of a graph."""
+    case = make_case(1, 64, 8, 6, torch.float32, gated=True, biases=False, mode="random", seed=1)
+    params = {k: torch.nn.Parameter(case[k]) for k in ("w_up", "w_down", "w_gate", "router_w")}
+    for n in (1, 12):
+        x = torch.randn(n, 64)
+        y, m = _op_call(case, x=x, **params)
+        assert not y.requires_grad and not m.requires_grad
 
 
 def test_cpu_noncontiguous_and_mixed_dtype_inputs():
@@ -273,9 +347,11 @@ def test_triton_interpreter_in_subprocess(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="full LLaMA-2-7B FFN shapes need a CUDA GPU")
+@pytest.mark.parametrize("folded", [False, True], ids=["linear", "folded"])
 @pytest.mark.parametrize("n", [1, 8, 16])
-def test_triton_full_shapes(triton_ffn, n):
-    case = make_case(n, 4096, 32, 344, torch.bfloat16, gated=True, biases=False, mode="random", device="cuda")
+def test_triton_full_shapes(triton_ffn, n, folded):
+    case = make_case(n, 4096, 32, 344, torch.bfloat16, gated=True, biases=False, mode="random", device="cuda",
+                     folded=folded)
     check_backend(case, "silu", "triton")
 
 

@@ -119,21 +119,39 @@ def sparse_ffn(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router
 # --------------------------------------------------------------------------- torch op
 # The dispatch as one opaque PyTorch operator, so that torch.compile (e.g. Hugging Face
 # generation with a static cache) keeps the sparse FFN in its graph instead of breaking at
-# a ctypes or Triton launcher call.
-@torch.library.custom_op("lte::sparse_ffn", mutates_args=())
-def sparse_ffn_op(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
-                  router_b: torch.Tensor | None, router_center: torch.Tensor | None, w_gate: torch.Tensor | None,
-                  b_up: torch.Tensor | None, b_gate: torch.Tensor | None, b_down: torch.Tensor | None,
-                  expert_size: int, act: str, logit_threshold: float,
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sparse_ffn`` as a registered operator (``torch.ops.lte.sparse_ffn``)."""
-    y, mask = sparse_ffn(x, w_up, w_down, router_w, router_b, expert_size=expert_size, act=act, w_gate=w_gate,
-                         b_up=b_up, b_gate=b_gate, b_down=b_down, logit_threshold=logit_threshold,
-                         router_center=router_center, backend=backend)
+# a ctypes or Triton launcher call. Its Python kernel is the dispatch above; on CPU a C++
+# kernel (lte.kernels.cpu_op) takes over once built, handing what it does not serve to
+# ``lte::sparse_ffn_generic``, the same operator with only the Python kernel. The operator is
+# inference-only: its outputs never require grad.
+_SCHEMA = ("(Tensor x, Tensor w_up, Tensor w_down, Tensor router_w, Tensor? router_b, Tensor? router_center, "
+           "Tensor? w_gate, Tensor? b_up, Tensor? b_gate, Tensor? b_down, int expert_size, str act, "
+           "float logit_threshold, str backend) -> (Tensor, Tensor)")
+_LIB = torch.library.Library("lte", "DEF")
+
+
+def _op_kernel(x, w_up, w_down, router_w, router_b, router_center, w_gate, b_up, b_gate, b_down, expert_size, act,
+               logit_threshold, backend):
+    if x.device.type == "cpu" and backend in ("auto", "cpu"):
+        from .cpu_op import load_native_op
+        load_native_op()  # later CPU calls skip this Python kernel
+    with torch.no_grad():
+        y, mask = sparse_ffn(x, w_up, w_down, router_w, router_b, expert_size=expert_size, act=act, w_gate=w_gate,
+                             b_up=b_up, b_gate=b_gate, b_down=b_down, logit_threshold=logit_threshold,
+                             router_center=router_center, backend=backend)
     return y.clone() if y.data_ptr() == x.data_ptr() else y, mask
 
 
-@sparse_ffn_op.register_fake
-def _sparse_ffn_fake(x, w_up, w_down, router_w, router_b, router_center, w_gate, b_up, b_gate, b_down, expert_size,
-                     act, logit_threshold, backend):
+def _op_fake(x, w_up, w_down, router_w, router_b, router_center, w_gate, b_up, b_gate, b_down, expert_size, act,
+             logit_threshold, backend):
     return x.new_empty(x.shape[0], w_up.shape[1]), x.new_empty(x.shape[0], router_w.shape[0], dtype=torch.bool)
+
+
+for _name in ("sparse_ffn", "sparse_ffn_generic"):
+    _LIB.define(_name + _SCHEMA)
+    _LIB.impl(_name, _op_kernel, "CompositeExplicitAutograd")
+    _LIB.impl(_name, torch.library.fallthrough_kernel, "Autograd")  # no graph, and no Python on the way
+    torch.library.register_fake(f"lte::{_name}", _op_fake, lib=_LIB)
+
+#: ``sparse_ffn`` as a registered operator (``torch.ops.lte.sparse_ffn``), positional arguments in
+#: the schema's order.
+sparse_ffn_op = torch.ops.lte.sparse_ffn.default

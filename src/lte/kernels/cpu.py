@@ -237,34 +237,52 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _compile() -> ctypes.CDLL:
-    """Compile (once per source, compiler and CPU) and load the C kernel."""
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC or install gcc)")
-    src = _source()
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-    key = hashlib.sha256("\n".join([src, cc, " ".join(flags), _cpu_flags()]).encode()).hexdigest()[:16]
+def build_shared_library(name: str, source: str, compiler: str, flags: list[str], *, suffix: str = ".c",
+                         libs: tuple[str, ...] = (), key_extra: str = "") -> Path:
+    """Compile ``source`` into ``<cache>/<name>_<key>.so`` once per source, compiler, flags and CPU;
+    returns the path. Raises ``RuntimeError`` with the compiler's message when it fails."""
+    key = hashlib.sha256("\n".join([source, compiler, " ".join(flags), " ".join(libs), key_extra,
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
     out_dir = _cache_dir()
-    lib_path = out_dir / f"lte_cpu_ffn_{key}.so"
+    lib_path = out_dir / f"{name}_{key}.so"
     if not lib_path.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            c_path = Path(tmp) / "lte_cpu_ffn.c"
-            c_path.write_text(src)
+            src_path = Path(tmp) / f"{name}{suffix}"
+            src_path.write_text(source)
             tmp_lib = Path(tmp) / "lib.so"
-            proc = subprocess.run([cc, *flags, str(c_path), "-o", str(tmp_lib), "-lm"],
+            proc = subprocess.run([compiler, *flags, str(src_path), "-o", str(tmp_lib), *libs],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(f"compiling the CPU kernel failed:\n{proc.stderr[-2000:]}")
+                raise RuntimeError(f"compiling {name} failed:\n{proc.stderr[-2000:]}")
             os.replace(tmp_lib, lib_path)  # atomic: concurrent builders never see a partial file
-    lib = ctypes.CDLL(str(lib_path))
+    return lib_path
+
+
+_lib_path: Path | None = None
+
+
+def _compile() -> ctypes.CDLL:
+    """Compile (once per source, compiler and CPU) and load the C kernel."""
+    global _lib_path
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC or install gcc)")
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+    path = build_shared_library("lte_cpu_ffn", _source(), cc, flags, libs=("-lm",))
+    lib = ctypes.CDLL(str(path))
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     for suf, _ in _C_TYPES:
         fn = getattr(lib, f"lte_ffn_{suf}")
         fn.argtypes = [i64, i64, i64, i64, p, p, p, p, p, p, p, i32, p, p, p, f32, i32, p, p, i32]
         fn.restype = i32
+    _lib_path = path
     return lib
+
+
+def native_library_path() -> Path | None:
+    """Path of the loaded C kernel library (what the C++ operator links against), or ``None``."""
+    return _lib_path if native_library() is not None else None
 
 
 def native_library() -> ctypes.CDLL | None:

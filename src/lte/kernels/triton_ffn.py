@@ -53,10 +53,12 @@ SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # at several tokens (tensor-core tiles), and block_f / block_f_dot: neurons per program (an
 # expert of 32 runs as 32 // block_f programs). Larger chunks = fewer dependent memory round
 # trips per program; smaller neuron slices = more, shorter programs, so the last wave is short
-# when few experts are selected. At LLaMA-2-7B shapes on an H200, 2048/2048 chunks, 4 warps and
+# when few experts are selected. At LLaMA-2-7B shapes on an H200, 2048-wide K chunks, 4 warps and
 # 16-neuron slices were the fastest or near it at every sparsity: 43 us at 50% vs 58 us for
-# whole experts with 1024/1024 and 8 warps (kernel_h200_v4.json, kernel_h200_tilings*.json).
-FUSED_CONFIG = {"block_k": 2048, "block_d": 2048, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
+# whole experts with 1024/1024 and 8 warps (kernel_h200_v4.json, kernel_h200_tilings*.json);
+# 4096-wide down chunks then took 41.5 us against 43.0 for 2048 and were no slower at 0.25-0.9
+# (kernel_h200_tilings3.json).
+FUSED_CONFIG = {"block_k": 2048, "block_d": 4096, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
                 "block_d_dot": 128, "block_f": 16, "block_f_dot": 16}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
 _ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
