@@ -202,6 +202,25 @@ def test_cpu_operator_native_kernel_registered():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("lte::sparse_ffn", "CPU")
 
 
+def test_shared_library_builds_once_and_says_so(tmp_path, monkeypatch, capsys):
+    """A build is cached by source; only a real compile prints its announcement; compiler errors surface."""
+    import shutil
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("LTE_CACHE_DIR", str(tmp_path))
+    src = "int lte_probe(void) { return 7; }\n"
+    flags = ["-O1", "-shared", "-fPIC"]
+    first = cpu_kernels.build_shared_library("probe", src, cc, flags, announce="building probe")
+    assert "building probe" in capsys.readouterr().err
+    again = cpu_kernels.build_shared_library("probe", src, cc, flags, announce="building probe")
+    assert again == first and first.is_file() and "building probe" not in capsys.readouterr().err
+    import ctypes
+    assert ctypes.CDLL(str(first)).lte_probe() == 7
+    with pytest.raises(RuntimeError, match="compiling probe failed"):
+        cpu_kernels.build_shared_library("probe", "int broken(void) { return }\n", cc, flags)
+
+
 def _op_call(case: dict, backend: str = "auto", **over):
     c = {**case, **over}
     return kernels.sparse_ffn_op(c["x"], c["w_up"], c["w_down"], c["router_w"], c["router_b"],

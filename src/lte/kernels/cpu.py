@@ -26,6 +26,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -238,15 +239,18 @@ def _cache_dir() -> Path:
 
 
 def build_shared_library(name: str, source: str, compiler: str, flags: list[str], *, suffix: str = ".c",
-                         libs: tuple[str, ...] = (), key_extra: str = "") -> Path:
+                         libs: tuple[str, ...] = (), key_extra: str = "", announce: str = "") -> Path:
     """Compile ``source`` into ``<cache>/<name>_<key>.so`` once per source, compiler, flags and CPU;
-    returns the path. Raises ``RuntimeError`` with the compiler's message when it fails."""
+    returns the path. ``announce``: a line for stderr when it does compile (a slow build should
+    not look like a hang). Raises ``RuntimeError`` with the compiler's message when it fails."""
     key = hashlib.sha256("\n".join([source, compiler, " ".join(flags), " ".join(libs), key_extra,
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     out_dir = _cache_dir()
     lib_path = out_dir / f"{name}_{key}.so"
     if not lib_path.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
+        if announce:
+            print(announce, file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             src_path = Path(tmp) / f"{name}{suffix}"
             src_path.write_text(source)

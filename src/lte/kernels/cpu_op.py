@@ -142,7 +142,8 @@ def _build_and_load() -> None:
     libs = (str(kernel), *(f"-L{p}" for p in lib_dirs), "-lc10", "-ltorch_cpu",
             *(f"-Wl,-rpath,{p}" for p in (*lib_dirs, str(kernel.parent))))
     path = cpu.build_shared_library("lte_cpu_op", _source(), cxx, flags, suffix=".cpp", libs=libs,
-                                    key_extra=torch.__version__)
+                                    key_extra=torch.__version__,
+                                    announce="lte: building the C++ CPU operator (once per machine, ~10 s) ...")
     torch.ops.load_library(str(path))
 
 
