@@ -61,10 +61,13 @@ def test_bench_warmup_matches_timed_shapes_and_stats_off(monkeypatch):
     model = lte.sparsify(FAMILIES["llama"](), lte.LTEConfig(expert_size=16), progress=False)
     calls = []
 
+    # seconds per run: dense is faster with a static cache, LTE faster than dense in both setups
+    secs = {(False, None): 0.8, (True, None): 0.5, (False, "static"): 0.4, (True, "static"): 0.25}
+
     def fake_time(m, enc, kw):
         calls.append((m is model, kw["max_new_tokens"], kw.get("cache_implementation"),
                       model.lte_state.track_stats))
-        return 0.5
+        return secs[(m is model, kw.get("cache_implementation"))]
 
     monkeypatch.setattr(bench, "time_generate", fake_time)
     monkeypatch.setattr(bench, "measured_sparsity", lambda *a: 0.4375)
@@ -76,6 +79,15 @@ def test_bench_warmup_matches_timed_shapes_and_stats_off(monkeypatch):
     assert [c[1] for c in eager] == [16] * 4 + [32] * 4  # short warm-up, then 2 repeats x 2 models
     assert [c[1] for c in static] == [32] * 8
     assert not any(c[3] for c in calls) and model.lte_state.track_stats
+    # every setup warms up first; then each repeat times every setup, dense then LTE
+    timed = [(c[0], c[2]) for c in calls[8:]]
+    assert timed == [(False, None), (True, None), (False, "static"), (True, "static")] * 2
+    assert [r["speedup"] for r in rows] == pytest.approx([0.8 / 0.5, 0.4 / 0.25])
+    assert {r["fastest_dense_setup"] for r in rows} == {"static"}
+    assert [r["speedup_vs_fastest_dense"] for r in rows] == pytest.approx([0.4 / 0.5, 0.4 / 0.25])
+    with pytest.raises(ValueError, match="distinct"):
+        bench.bench_generation(model, None, prompt_len=4, new_tokens=32, setups=("static", "static"),
+                               progress=False, vocab_size=100)
 
 
 def test_e2e_gpu_script_runs_on_cpu(tmp_path, monkeypatch):

@@ -28,6 +28,8 @@ def test_every_flag_has_help(cmd):
     (["train", "--data", "nope/missing.txt", "--out", "x", "--target-sparsity", "0.5"], "no such file"),
     (["eval", "nope_dir", "--data", "nope/missing.txt"], "no such file"),
     (["generate", "no-such-model", "--prompt", "hi"], "unknown model"),
+    (["bench", "no-such-model", "--setups", "static,turbo"], "unknown setup"),
+    (["bench", "no-such-model", "--setups", ","], "at least one"),
 ])
 def test_bad_input_gives_one_line_error(capsys, argv, msg):
     code, _, err = _run(capsys, *argv)

@@ -155,14 +155,19 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
                      setups: tuple[str, ...] = ("eager", "static+compile"), progress: bool = True,
                      dense: nn.Module | None = None, vocab_size: int | None = None,
                      sparsity: float | None = None) -> list[dict]:
-    """Dense vs LTE (hard mode) decode tokens/s for each setup, measured alternately; one row
-    per setup with the medians, the ratio and the FFN sparsity LTE ran at.
+    """Dense vs LTE (hard mode) decode tokens/s for each setup; one row per setup with the medians,
+    the ratio, the FFN sparsity LTE ran at, and ``speedup_vs_fastest_dense``: LTE against the
+    fastest dense setup of the call. Every setup is warmed up first, then each repeat times every
+    setup, dense and LTE alternately, so that a machine whose speed drifts over minutes moves all
+    setups alike and the fastest dense setup is picked fairly.
 
     ``dense``: the dense reference (default: ``dense_copy(model)``; pass one to reuse it, and
     its compiled code, across calls). ``tok=None`` uses random prompt ids (needs ``vocab_size``).
     ``sparsity``: the value ``measured_sparsity`` gave for this model and prompt (an eager
     generation pass; default: measured here), so callers timing one setup per call pay it once.
     """
+    if len(set(setups)) != len(setups) or not setups:
+        raise ValueError(f"setups must be distinct and not empty, got {list(setups)}")
     set_mode(model, "hard")
     model.eval()
     dense = (dense if dense is not None else dense_copy(model)).eval()
@@ -173,25 +178,35 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
     rows = []
     model.lte_state.track_stats = False  # no bookkeeping while timing; sparsity from the eager pass
     try:
+        timers = {}
         for setup in setups:
-            timed, warm = _timer(setup, (dense, model), enc, pad_id, new_tokens)
+            timers[setup] = _timer(setup, (dense, model), enc, pad_id, new_tokens)
+            warm = timers[setup][1]
             for m in (dense, model):
                 warm(m)
                 warm(m)
-            td, tl = [], []
-            for r in range(repeats):
-                td.append(timed(dense))
-                tl.append(timed(model))
+        td: dict[str, list[float]] = {s: [] for s in setups}
+        tl: dict[str, list[float]] = {s: [] for s in setups}
+        for r in range(repeats):
+            for setup in setups:
+                timed = timers[setup][0]
+                td[setup].append(timed(dense))
+                tl[setup].append(timed(model))
                 if progress:
-                    print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[-1]:.1f} tok/s, "
-                          f"lte {new_tokens / tl[-1]:.1f} tok/s", flush=True)
-            d_tps, l_tps = new_tokens / statistics.median(td), new_tokens / statistics.median(tl)
+                    print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[setup][-1]:.1f} tok/s, "
+                          f"lte {new_tokens / tl[setup][-1]:.1f} tok/s", flush=True)
+        for setup in setups:
+            d_tps, l_tps = new_tokens / statistics.median(td[setup]), new_tokens / statistics.median(tl[setup])
             rows.append({"setup": setup, "dense_tok_s": d_tps, "lte_tok_s": l_tps, "speedup": l_tps / d_tps,
                          "sparsity": sparsity, "prompt_len": prompt_len, "new_tokens": new_tokens,
                          "repeats": repeats, "backend": lte_layers(model)[0].backend,
                          "dtype": str(next(model.parameters()).dtype).replace("torch.", "")})
     finally:
         model.lte_state.track_stats = True
+    fastest = max(rows, key=lambda r: r["dense_tok_s"])
+    for r in rows:
+        r["fastest_dense_setup"] = fastest["setup"]
+        r["speedup_vs_fastest_dense"] = r["lte_tok_s"] / fastest["dense_tok_s"]
     return rows
 
 

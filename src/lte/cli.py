@@ -398,8 +398,10 @@ def cmd_bench(a) -> int:
     from .bench import SETUPS, bench_generation
     from .models import load_model
     from .sparsify import set_backend
-    setups = tuple(x.strip() for x in a.setups.split(",") if x.strip())
+    setups = tuple(dict.fromkeys(x.strip() for x in a.setups.split(",") if x.strip()))  # in order, once each
     bad = [x for x in setups if x not in SETUPS]
+    if not setups:
+        raise CLIError(f"--setups: give at least one of {list(SETUPS)}")
     if bad:
         raise CLIError(f"--setups: unknown setup(s) {bad}; choose from {list(SETUPS)}")
     for name in ("prompt_len", "new_tokens", "repeats"):
@@ -419,6 +421,10 @@ def cmd_bench(a) -> int:
         for r in rows:
             print(f"{r['setup']:<16} {r['dense_tok_s']:>12.1f} {r['lte_tok_s']:>10.1f} {r['speedup']:>7.2f}x "
                   f"{r['sparsity']:>13.3f}")
+        if len(rows) > 1:
+            best = max(rows, key=lambda r: r["lte_tok_s"])
+            print(f"fastest LTE ({best['setup']}) vs fastest dense ({best['fastest_dense_setup']}): "
+                  f"{best['speedup_vs_fastest_dense']:.2f}x")
     return 0
 
 
