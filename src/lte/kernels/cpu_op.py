@@ -1,9 +1,10 @@
 """The CPU kernel of the ``lte::sparse_ffn`` operator, in C++.
 
 A decode step calls the sparse FFN once per layer. Through Python (the operator's Python
-kernel, the argument checks, ``ctypes``) each call costs ~30 us before the C kernel starts,
-about 1 ms per token for SmolLM2's 30 layers. This module registers a C++ kernel for the
-operator's CPU dispatch key that calls the C kernel of :mod:`lte.kernels.cpu` directly (~3 us).
+kernel, the argument checks, ``ctypes``) each call paid for Python work before the C kernel
+started. This module registers a C++ kernel for the operator's CPU dispatch key that calls the C
+kernel of :mod:`lte.kernels.cpu` directly: 67-69 us per SmolLM2 FFN call at 50% against 82 us
+(``benchmarks/cpu_op_overhead.py``), and a median 1.34x instead of 1.29x end to end (BENCHMARKS.md).
 It serves only what the C kernel serves: backend ``auto``/``cpu``, 1 to
 :data:`~lte.kernels.cpu.MAX_NATIVE_TOKENS` tokens, fp32/bf16/fp16, contiguous CPU tensors of
 consistent shapes. Every other call (prefill, another backend, a bad argument) goes on to the
