@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_llama  # noqa: E402
 
 import lte  # noqa: E402
+from lte.dist import shutdown_distributed  # noqa: E402
 from lte.train import train  # noqa: E402
 
 out, batch, steps1, steps2, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
@@ -58,3 +59,4 @@ if os.environ.get("LTE_TEST_COUNT_COLLECTIVES") == "1":
         Path(out, "collectives.json").write_text(json.dumps(per_step))
 else:
     train(model, cfg, blocks, None, out, resume=resume, progress=False)
+shutdown_distributed()

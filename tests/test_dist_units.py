@@ -16,6 +16,7 @@ from lte.dist import (
     fsdp_shard_teacher,
     local_device,
     shard_units,
+    shutdown_distributed,
 )
 from lte.sparsify import lte_layers
 
@@ -77,3 +78,5 @@ def test_local_device_and_broadcast_outside_a_launch(monkeypatch):
     before = [p.clone() for p in m.parameters()]
     broadcast_from_main(m)  # no process group: nothing to do
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    shutdown_distributed()  # likewise (the multi-process tests run it at the end of every worker)
+    assert not torch.distributed.is_initialized()

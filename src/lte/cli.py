@@ -324,10 +324,11 @@ def cmd_train(a) -> int:
     _check_path(a.data, "--data")
     if a.val_data:
         _check_path(a.val_data, "--val-data")
-    from .dist import is_main_process, local_device
+    from .dist import is_main_process, local_device, shutdown_distributed
     summary = run_train(a, device=local_device(_device(a.device)))  # under a launcher: cuda -> cuda:LOCAL_RANK
     if is_main_process():
         print(json.dumps(summary, indent=2))
+    shutdown_distributed()
     return 0
 
 

@@ -75,6 +75,15 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def shutdown_distributed() -> None:
+    """End a multi-process run cleanly: wait for every rank, then destroy the process group
+    (a group left to interpreter exit can abort a rank whose gloo threads are still running)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def local_device(device: str) -> str:
     """``device`` for this process: plain "cuda" becomes "cuda:LOCAL_RANK" under a
     multi-process launch (and is made current), so each rank loads its model on its own GPU
