@@ -43,22 +43,15 @@ using OptTensor = std::optional<Tensor>;
 using Out = std::tuple<Tensor, Tensor>;
 using Str = c10::string_view;
 
+/* The C kernels of lte.kernels.cpu, one per weight type, all of this signature. */
 extern "C" {
-typedef int (*ffn_fn)(int64_t, int64_t, int64_t, int64_t, const void*, const void*, const void*, const void*,
-                      const void*, const void*, const void*, int, const void*, const void*, const void*, float, int,
-                      void*, uint8_t*, int);
-int lte_ffn_f32(int64_t, int64_t, int64_t, int64_t, const void*, const void*, const void*, const void*,
-                const void*, const void*, const void*, int, const void*, const void*, const void*, float, int,
-                void*, uint8_t*, int);
-int lte_ffn_bf16(int64_t, int64_t, int64_t, int64_t, const void*, const void*, const void*, const void*,
-                 const void*, const void*, const void*, int, const void*, const void*, const void*, float, int,
-                 void*, uint8_t*, int);
-int lte_ffn_f16(int64_t, int64_t, int64_t, int64_t, const void*, const void*, const void*, const void*,
-                const void*, const void*, const void*, int, const void*, const void*, const void*, float, int,
-                void*, uint8_t*, int);
+typedef int ffn_t(int64_t, int64_t, int64_t, int64_t, const void*, const void*, const void*, const void*,
+                  const void*, const void*, const void*, int, const void*, const void*, const void*, float, int,
+                  void*, uint8_t*, int);
+ffn_t lte_ffn_f32, lte_ffn_bf16, lte_ffn_f16;
 }
 
-static const ffn_fn kFns[3] = {lte_ffn_f32, lte_ffn_bf16, lte_ffn_f16};
+static ffn_t* const kFns[3] = {lte_ffn_f32, lte_ffn_bf16, lte_ffn_f16};
 static const char* kActs[] = {$ACTS};
 constexpr int64_t kMaxTokens = $MAX_TOKENS;
 
@@ -155,8 +148,8 @@ def load_native_op() -> bool:
         return bool(_state["ok"])
     with _lock:
         if "ok" not in _state:
-            if any(os.environ.get(v, "0") not in ("", "0") for v in ("LTE_DISABLE_NATIVE", "LTE_DISABLE_NATIVE_OP")):
-                _state["ok"] = False  # LTE_DISABLE_NATIVE_OP: keep the C kernel, call it through Python
+            if os.environ.get("LTE_DISABLE_NATIVE_OP", "0") not in ("", "0"):
+                _state["ok"] = False  # keep the C kernel, call it through Python (LTE_DISABLE_NATIVE: no C kernel)
             else:
                 try:
                     _build_and_load()
