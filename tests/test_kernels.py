@@ -101,8 +101,7 @@ def check_backend(case: dict, act: str, backend: str) -> None:
     x, router_w, router_b, thr = c.pop("x"), c.pop("router_w"), c.pop("router_b"), c.pop("logit_threshold")
     w_up, w_down, center = c.pop("w_up"), c.pop("w_down"), c.pop("router_center", None)
     if backend == "op":  # the registered operator, which the model calls (a C++ kernel on CPU)
-        y, mask = kernels.sparse_ffn_op(x, w_up, w_down, router_w, router_b, center, c["w_gate"], c["b_up"],
-                                        c["b_gate"], c["b_down"], c["expert_size"], act, thr, "auto")
+        y, mask = _op_call(case, act=act)
     else:
         y, mask = kernels.sparse_ffn(x, w_up, w_down, router_w, router_b, act=act, logit_threshold=thr,
                                      router_center=center, backend=backend, **c)
@@ -193,8 +192,9 @@ def _have_cxx() -> bool:
 
 
 def test_cpu_operator_native_kernel_registered():
-    if os.environ.get("LTE_DISABLE_NATIVE", "0") not in ("", "0"):
-        pytest.skip("native kernel disabled by LTE_DISABLE_NATIVE")
+    for var in ("LTE_DISABLE_NATIVE", "LTE_DISABLE_NATIVE_OP"):
+        if os.environ.get(var, "0") not in ("", "0"):
+            pytest.skip(f"native operator disabled by {var}")
     if not (cpu_kernels.native_available() and _have_cxx()):
         pytest.skip("no C/C++ compiler here: the operator keeps its Python kernel")
     from lte.kernels import cpu_op
@@ -221,11 +221,12 @@ def test_shared_library_builds_once_and_says_so(tmp_path, monkeypatch, capsys):
         cpu_kernels.build_shared_library("probe", "int broken(void) { return }\n", cc, flags)
 
 
-def _op_call(case: dict, backend: str = "auto", **over):
+def _op_call(case: dict, backend: str = "auto", act: str = "silu", **over):
+    """``torch.ops.lte.sparse_ffn`` on a :func:`make_case` problem (entries replaced by ``over``)."""
     c = {**case, **over}
     return kernels.sparse_ffn_op(c["x"], c["w_up"], c["w_down"], c["router_w"], c["router_b"],
                                  c.get("router_center"), c["w_gate"], c["b_up"], c["b_gate"], c["b_down"],
-                                 c["expert_size"], "silu", c["logit_threshold"], backend)
+                                 c["expert_size"], act, c["logit_threshold"], backend)
 
 
 def _dispatch_call(case: dict, backend: str = "auto", **over):

@@ -356,6 +356,10 @@ def sparse_ffn_cpu(
     n, d = x.shape
     lib = native_library() if n <= MAX_NATIVE_TOKENS else None
     dt = x.dtype
+    if dt in _TYPE_CODE:  # every path below gets weights in x's dtype, contiguous (no copy when they are)
+        x = _prep(x, dt)
+        w_up, w_down, w_gate = _prep(w_up, dt), _prep(w_down, dt), _prep(w_gate, dt)
+        b_up, b_gate, b_down = _prep(b_up, dt), _prep(b_gate, dt), _prep(b_down, dt)
     if lib is None or dt not in _TYPE_CODE or router_w.dtype not in _TYPE_CODE:
         kw = dict(expert_size=expert_size, act=act, w_gate=w_gate, b_up=b_up, b_gate=b_gate, b_down=b_down)
         mask = router_mask(x, router_w, router_b, logit_threshold, router_center)
@@ -363,9 +367,6 @@ def sparse_ffn_cpu(
             return sparse_ffn_reference(x, w_up, w_down, mask, **kw), mask
         return _gather_ffn(x, w_up, w_down, mask, **kw), mask
 
-    x = _prep(x, dt)
-    w_up, w_down, w_gate = _prep(w_up, dt), _prep(w_down, dt), _prep(w_gate, dt)
-    b_up, b_gate, b_down = _prep(b_up, dt), _prep(b_gate, dt), _prep(b_down, dt)
     rdt = router_w.dtype
     router_w, router_b, router_center = _prep(router_w, rdt), _prep(router_b, rdt), _prep(router_center, rdt)
     n_exp = router_w.shape[0]
