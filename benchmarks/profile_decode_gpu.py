@@ -2,12 +2,14 @@
 compiled, CUDA graphs) for the dense and the LTE model of ``e2e_gpu.py`` (LLaMA-2-7B shape,
 random weights, routers set to the target sparsity), from ``torch.profiler``.
 
-    PYTHONPATH=src python benchmarks/profile_decode_gpu.py --sparsity 0.5 --tokens 16
+    PYTHONPATH=src python benchmarks/profile_decode_gpu.py --sparsity 0.5 --tokens 33 --out profile.json
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import sys
 from pathlib import Path
 
@@ -23,7 +25,8 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=16, help="decoded tokens profiled per model")
-    ap.add_argument("--top", type=int, default=12, help="kernels listed per model")
+    ap.add_argument("--top", type=int, default=12, help="kernels listed (and written) per model")
+    ap.add_argument("--out", type=Path, default=None, help="also write the per-model totals and top kernels as JSON")
     a = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -44,6 +47,7 @@ def main() -> None:
         return {e.key: (e.self_device_time_total, e.count) for e in prof.key_averages()
                 if e.device_type.name == "CUDA"}
 
+    rows = []
     for name, m in (("dense", dense), ("lte", model)):
         dec = GreedyDecoder(m, a.prompt_len + a.tokens, "reduce-overhead")
         for _ in range(3):
@@ -55,9 +59,17 @@ def main() -> None:
         per = {k: ((t - short.get(k, (0, 0))[0]) / steps, (c - short.get(k, (0, 0))[1]) / steps)
                for k, (t, c) in long.items()}
         total = sum(t for t, _ in per.values())
+        top = sorted(per.items(), key=lambda kv: -kv[1][0])[:a.top]
         print(f"== {name}: {total / 1000:.3f} ms of kernel time per decode step ({len(per)} kernel names)")
-        for k, (t, c) in sorted(per.items(), key=lambda kv: -kv[1][0])[:a.top]:
+        for k, (t, c) in top:
             print(f"  {t:9.1f} us/step  {c:6.1f} calls/step  {k[:100]}")
+        rows.append({"model": name, "kernel_ms_per_step": round(total / 1000, 3), "kernel_names": len(per),
+                     "top": [{"kernel": k, "us_per_step": round(t, 1), "calls_per_step": round(c, 1)}
+                             for k, (t, c) in top]})
+    if a.out:
+        a.out.write_text(json.dumps({"sparsity": a.sparsity, "tokens": a.tokens, "shape": a.shape,
+                                     "device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
+                                     "command": "python " + " ".join(sys.argv), "models": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
