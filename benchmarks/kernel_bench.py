@@ -33,10 +33,11 @@ SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
 # program): larger chunks shorten each program's chain of dependent memory round trips; smaller
 # neuron slices (16, 8 of an expert's 32) give more, shorter programs, so the last wave is short
 # when few experts are selected, and smaller tiles let more programs share an SM (KERNEL_NOTES.md).
-FUSED_TRIES = ((512, 512, 1024, 4, 32), (1024, 1024, 4096, 8, 32), (2048, 1024, 4096, 16, 32),
-               (1024, 1024, 4096, 8, 16), (1024, 1024, 4096, 4, 16), (1024, 1024, 4096, 4, 8),
-               (2048, 2048, 4096, 4, 8), (1024, 1024, 4096, 2, 8), (2048, 2048, 4096, 8, 8),
-               (2048, 2048, 4096, 4, 16))  # the v4 default before 4096-wide down chunks
+FUSED_TRIES = tuple(t + (3, 0) for t in (
+    (512, 512, 1024, 4, 32), (1024, 1024, 4096, 8, 32), (2048, 1024, 4096, 16, 32),
+    (1024, 1024, 4096, 8, 16), (1024, 1024, 4096, 4, 16), (1024, 1024, 4096, 4, 8),
+    (2048, 2048, 4096, 4, 8), (1024, 1024, 4096, 2, 8), (2048, 2048, 4096, 8, 8),
+    (2048, 2048, 4096, 4, 16)))  # the v4 default before 4096-wide down chunks
 
 
 def make_weights(n_copies: int, d: int, f: int, s: int, dtype: torch.dtype, device: str, seed: int = 0) -> list[dict]:
@@ -150,7 +151,10 @@ def check_gpu(ws: list, d: int, s: int, batches=(1, 3, 8, 16)) -> list[dict]:
             ref = sparse_ffn_reference(x.float(), w["wu"].float(), w["wd_t"].float(), ref_mask, expert_size=s,
                                        act="silu", w_gate=w["wg"].float())
             for name, variant, cfg in (("splitk", "splitk", None), ("fused", "fused", None),
-                                       ("fused_f8", "fused", {"block_f": 8})):
+                                       ("fused_f8", "fused", {"block_f": 8}),
+                                       ("fused_tma", "fused", {"tma": 1, "block_k": 256, "block_d": 256}),
+                                       ("fused_dot_tma", "fused", {"dot": 1, "tma": 1, "block_k_dot": 256,
+                                                                   "block_d_dot": 256, "num_stages": 4})):
                 y, mask = sparse_ffn_triton(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu",
                                             w_gate=w["wg"], logit_threshold=thr, variant=variant, config=cfg)
                 err = ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -183,23 +187,28 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
         xs = [torch.randn(batch, d, device="cuda", dtype=dtype) for _ in ws]
         dense_g = time_cuda_graph(dense_ffn, xs, ws)
         dense_e = time_cuda_eager(dense_ffn, xs, ws)
-        for sp in SPARSITIES:
+        for sp in args.sparsities:
             thrs = [threshold_for(x, [w["rw"]], sp) for x, w in zip(xs, ws)]
             masks = [router_mask(x, w["rw"], None, t) for x, w, t in zip(xs, ws, thrs)]
             thr_of = {id(w): t for w, t in zip(ws, thrs)}
             usp = statistics.mean(union_sparsity(m) for m in masks)
             tsp = statistics.mean(1 - m.float().mean().item() for m in masks)
-            variants = {}
+            variants, configs = {}, {}
             tried = (("splitk", dict(variant="splitk")), ("fused", dict(variant="fused")),
                      ("splitk_e8d64", dict(variant="splitk", config=dict(epp=8, block_d=64))),
-                     *((f"fused_f{bf}k{k}d{dd}r{r}w{nw}",
+                     *((f"fused_f{bf}k{k}d{dd}r{r}w{nw}" + (f"s{st}" if st != 3 else "") + ("tma" if tma else ""),
                         dict(variant="fused", config=dict(block_k=k, block_d=dd, router_k=r, num_warps=nw,
-                                                          block_f=bf)))
-                       for k, dd, r, nw, bf in args.fused_tries))
+                                                          block_f=bf, num_stages=st, tma=tma)))
+                       for k, dd, r, nw, bf, st, tma in args.fused_tries),
+                     *(("fused_c_" + "_".join(f"{k}{v}" for k, v in cfg.items()), dict(variant="fused", config=cfg))
+                       for cfg in args.fused_configs))
             for name, kw in tried[:2] if args.quick else tried:
                 split = kw.get("config", {}).get("block_f", 32) < 32
-                if kw["variant"] in broken or split and "fused_f8" in broken or batch > 1 and name.startswith("fused_f"):
-                    continue  # the tilings differ at one token only; split slices only if checked correct
+                tma = kw.get("config", {}).get("tma", 0)
+                if (kw["variant"] in broken or split and "fused_f8" in broken or tma and {"fused_tma", "fused_dot_tma"} & broken
+                        or batch > 1 and name.startswith(("fused_f", "fused_c_"))):
+                    continue  # the tilings differ at one token only; split slices and TMA only if checked correct
+                configs[name] = kw.get("config")
                 variants[name] = time_cuda_graph(
                     lambda x, w, kw=kw, thr_of=thr_of: lte_ffn(x, w, thr_of[id(w)], s, "triton", **kw), xs, ws)
             best = min(variants, key=variants.get)
@@ -220,6 +229,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
                        kernel_eager_us=round(kernel_e, 2), dense_eager_us=round(dense_e, 2),
                        variants_us={k: round(v, 2) for k, v in variants.items()}, fastest_variant=best,
                        fastest_us=round(variants[best], 2), speedup_fastest=round(dense_g / variants[best], 3),
+                       fastest_config=configs[best],
                        broken_variants=sorted(broken),
                        timing=f"CUDA graph replay, median, {len(ws)} weight copies "
                               f"({len(ws) * (dense_bytes + f // s * d * 2) / 1e9:.1f} GB)",
@@ -256,7 +266,7 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
                 dense_ffn(x, w)
 
         dense = time_cpu(dense_all, args.reps) / layers * 1e6
-        for sp in SPARSITIES:
+        for sp in args.sparsities:
             thrs = [threshold_for(x, [w["rw"]], sp) for x, w in zip(xs, ws)]
             # correctness at these shapes before timing
             for x, w, t in list(zip(xs, ws, thrs))[:3]:
@@ -287,15 +297,52 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def ir_report() -> list[dict]:
+    """What Triton compiled for each fused-kernel specialisation of this process: warps, stages, shared
+    memory, registers and spills, and whether the weight loads became asynchronous copies (cp.async or
+    TMA) that the software pipeliner can keep several tiles of in flight."""
+    import re
+
+    from lte.kernels.triton_ffn import _fused_kernel
+    rows = []
+    for caches in getattr(_fused_kernel, "device_caches", {}).values():
+        for k in caches[0].values():
+            ir = k.asm.get("ttgir", "")
+            md = k.metadata
+            rows.append(dict(num_warps=md.num_warps, num_stages=md.num_stages, shared_bytes=md.shared,
+                             n_regs=getattr(k, "n_regs", None), n_spills=getattr(k, "n_spills", None),
+                             cp_async=ir.count("async_copy_global_to_local"), tma_loads=ir.count("async_tma_copy"),
+                             descriptor_loads=ir.count("tt.descriptor_load"),
+                             tiles=sorted(set(re.findall(r"tensor<(\d+x\d+)x(?:bf16|f16|f32)", ir)))))
+    return rows
+
+
+def _configs(text: str) -> tuple[dict, ...]:
+    """``--fused-configs`` value: a JSON list of fused-kernel config dicts with known keys."""
+    from lte.kernels.triton_ffn import FUSED_CONFIG
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(out, list) or not all(isinstance(c, dict) for c in out):
+        raise argparse.ArgumentTypeError("expected a JSON list of objects")
+    unknown = sorted({k for c in out for k in c} - set(FUSED_CONFIG))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown config keys {unknown}; known: {sorted(FUSED_CONFIG)}")
+    return tuple(out)
+
+
 def _tilings(text: str) -> tuple[tuple[int, ...], ...]:
-    """``--fused-tries`` value: comma-separated K/D/R/W/F tilings."""
+    """``--fused-tries`` value: comma-separated K/D/R/W/F[/S[/T]] tilings (S: pipeline stages,
+    default 3; T: 1 reads weights through TMA descriptors, default 0)."""
     try:
         out = tuple(tuple(int(v) for v in t.split("/")) for t in text.split(",") if t.strip())
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected K/D/R/W/F,... with integers, got {text!r}") from exc
-    if not out or any(len(t) != 5 or min(t) < 1 for t in out):
-        raise argparse.ArgumentTypeError(f"each tiling needs 5 positive integers K/D/R/W/F, got {text!r}")
-    return out
+        raise argparse.ArgumentTypeError(f"expected K/D/R/W/F[/S[/T]],... with integers, got {text!r}") from exc
+    if not out or any(len(t) not in (5, 6, 7) or min(t[:6]) < 1 or t[6:] not in ((), (0,), (1,)) for t in out):
+        raise argparse.ArgumentTypeError(f"each tiling needs 5 positive integers K/D/R/W/F, then optionally "
+                                         f"stages (>= 1) and TMA (0 or 1), got {text!r}")
+    return tuple(t + (3, 0)[len(t) - 5:] for t in out)
 
 
 def main() -> None:
@@ -311,9 +358,18 @@ def main() -> None:
     p.add_argument("--check-batches", type=int, nargs="+", default=[1, 3, 8, 16],
                    help="GPU batch sizes of the full-shape correctness check before timing (default 1 3 8 16)")
     p.add_argument("--quick", action="store_true", help="GPU: time only the splitk and fused variants")
-    p.add_argument("--fused-tries", type=_tilings, default=FUSED_TRIES, metavar="K/D/R/W/F,...",
+    p.add_argument("--fused-tries", type=_tilings, default=FUSED_TRIES, metavar="K/D/R/W/F[/S[/T]],...",
                    help="GPU: fused tilings timed beside the defaults at batch 1, each gate/up K chunk / down d "
-                        "chunk / router chunk / warps / neurons per program (default: FUSED_TRIES)")
+                        "chunk / router chunk / warps / neurons per program, optionally / pipeline stages "
+                        "(default 3) / TMA descriptor loads (0 or 1, default 0) (default: FUSED_TRIES)")
+    p.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES),
+                   help="expert sparsities timed (default 0 0.25 0.5 0.75 0.9)")
+    p.add_argument("--fused-configs", type=_configs, default=(), metavar="JSON",
+                   help="GPU: more fused configurations timed at batch 1, a JSON list of config dicts "
+                        "(keys of lte.kernels.triton_ffn.FUSED_CONFIG), e.g. '[{\"dot\": 1, \"num_stages\": 4}]'")
+    p.add_argument("--ir-report", action="store_true",
+                   help="GPU: print, per compiled fused-kernel specialisation, warps, stages, shared memory, "
+                        "registers, spills and whether its loads were pipelined (cp.async / TMA)")
     p.add_argument("--reps", type=int, default=20, help="CPU repetitions")
     p.add_argument("--expert-size", type=int, default=32,
                    help="neurons per expert (default 32); the FFN width must be a multiple (11008 on the GPU "
@@ -326,6 +382,9 @@ def main() -> None:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device; use --device cpu")
         results = bench_gpu(args)
+        if args.ir_report:
+            for r in ir_report():
+                print("ir", json.dumps(r))
         out = args.out or Path("benchmarks/results/kernel_h100.json")
     else:
         results = bench_cpu(args)

@@ -302,10 +302,13 @@ def test_triton_backend_matches_reference(triton_ffn, n, dtype):
             check_backend(case, act, "triton")
 
 
-@pytest.mark.parametrize("variant", ["fused", "splitk"])
+@pytest.mark.parametrize("variant", ["fused", "splitk", "fused-router-first"])
 @pytest.mark.parametrize("n", [1, 4])
 def test_triton_folded_router(triton_ffn, variant, n, monkeypatch):
     device = "cuda" if HAS_CUDA else "cpu"
+    if variant == "fused-router-first":  # the router kernel computes the folded logits
+        variant = "fused"
+        monkeypatch.setattr(triton_ffn, "_ENV_CONFIG", {"router_first": 1})
     monkeypatch.setattr(triton_ffn, "FORCED_VARIANT", variant)
     for dtype in (torch.float32, torch.bfloat16):
         for mode in MODES:
@@ -332,7 +335,11 @@ def test_fine_experts_match_reference(triton_ffn, expert_size, n):
     ("fused", {"block_k": 32, "block_d": 64, "router_k": 128, "num_warps": 8}),  # chunks larger/smaller than d
     ("fused", {"block_k": 16, "block_d": 16, "router_k": 16, "block_k_dot": 16, "block_d_dot": 32}),
     ("fused", {"block_f": 4, "block_f_dot": 32}),  # one token: each expert of 8 split over 2 programs
-], ids=["fused", "splitk", "fused-cfg-a", "fused-cfg-b", "fused-split-experts"])
+    ("fused", {"tma": 1, "block_k": 32, "block_d": 64, "block_k_dot": 32, "num_stages": 2}),  # descriptor loads
+    ("fused", {"tma": 1, "block_f": 4, "block_k": 256, "block_d": 256}),  # TMA, tiles wider than d, split experts
+    ("fused", {"router_first": 1, "block_f": 4}),  # mask from the router kernel, split experts
+], ids=["fused", "splitk", "fused-cfg-a", "fused-cfg-b", "fused-split-experts", "fused-tma", "fused-tma-split",
+        "fused-router-first"])
 @pytest.mark.parametrize("n", [1, 4])
 def test_triton_variants(triton_ffn, variant, config, n):
     device = "cuda" if HAS_CUDA else "cpu"
@@ -344,6 +351,30 @@ def test_triton_variants(triton_ffn, variant, config, n):
         ref = sparse_ffn_reference(args[0].double(), args[1].double(), args[2].double(), mask, act="silu",
                                    **{k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()
                                       if k != "logit_threshold"})
+        assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_triton_tma_loads_match_reference(triton_ffn, n):
+    """Descriptor (TMA) weight loads where the shapes allow them, plain loads where they do not
+    (row stride not a multiple of 16 bytes, or neuron slices that would run into the next expert)."""
+    device = "cuda" if HAS_CUDA else "cpu"
+    cfg = {"tma": 1, "block_k": 64, "block_d": 32, "block_k_dot": 32, "block_d_dot": 64}
+    for d, expert_size, dtype in ((96, 16, torch.bfloat16), (96, 16, torch.float32), (70, 16, torch.bfloat16),
+                                  (96, 20, torch.float32)):
+        x = torch.zeros(n, d, dtype=dtype, device=device)
+        block_f = 16 if n > 1 else 8
+        fits = triton_ffn._tma_fits(x, d, expert_size, block_f, 64, 32)
+        assert fits == (d == 96 and expert_size == 16 and (triton_ffn.interpreted() or
+                                                            torch.cuda.get_device_capability()[0] >= 9))
+        case = make_case(n, d, expert_size, 6, dtype, gated=True, biases=True, mode="random", device=device, seed=d)
+        c = dict(case)
+        args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
+        y, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant="fused", config=cfg, **c)
+        ref = sparse_ffn_reference(args[0].double(), args[1].double(), args[2].double(), mask, act="silu",
+                                   **{k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()
+                                      if k != "logit_threshold"})
+        assert 0 < mask.sum() < mask.numel()  # some experts skipped, some run
         assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
 
 

@@ -58,8 +58,17 @@ SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # whole experts with 1024/1024 and 8 warps (kernel_h200_v4.json, kernel_h200_tilings*.json);
 # 4096-wide down chunks then took 41.5 us against 43.0 for 2048 and were no slower at 0.25-0.9
 # (kernel_h200_tilings3.json).
+# num_stages: Triton's software-pipelining depth for the K and d loops (3 is Triton's own default);
+# tma: read weight tiles with tensor-descriptor bulk copies (Hopper and later; tiles of at most 256
+# columns; only where the shapes allow it, else plain loads); dot: run one token through the
+# tensor-core (several-token) tiles too; router_first: a router kernel writes the mask (and
+# initialises the output) before the FFN kernel, instead of every FFN program computing its
+# expert's logit. On an H200 none of these beat the default at 50% (BENCHMARKS.md, eleventh
+# session: stages changed nothing, one-token TMA tiles were ~10x slower, dot tiles ~2x), but
+# router_first with block_f 8 and block_k 4096 took 17.2 us against 22.1 at 90% sparsity.
 FUSED_CONFIG = {"block_k": 2048, "block_d": 4096, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
-                "block_d_dot": 128, "block_f": 16, "block_f_dot": 16}
+                "block_d_dot": 128, "block_f": 16, "block_f_dot": 16, "num_stages": 3, "tma": 0, "dot": 0,
+                "router_first": 0}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
 _ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
@@ -119,15 +128,29 @@ def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(w, offs, mask, row0, col0, TMA: tl.constexpr):
+    """A [rows, cols] tile of a neuron-contiguous weight: a descriptor's bulk copy at
+    ``(row0, col0)`` (``TMA``) or a masked load at pointer offsets ``offs``."""
+    if TMA:
+        return w.load([row0, col0])
+    else:
+        return tl.load(w + offs, mask=mask, other=0.0)
+
+
+@triton.jit
 def _fused_kernel(
     x_ptr, wg_ptr, wu_ptr, wd_ptr, rw_ptr, rb_ptr, rc_ptr, bg_ptr, bu_ptr, y_ptr, mask_ptr,
     N, D, F, S, E, threshold,
     HAS_GATE: tl.constexpr, HAS_RB: tl.constexpr, HAS_RC: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
     ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    N_SUB: tl.constexpr, ROUTER_K: tl.constexpr,
+    N_SUB: tl.constexpr, ROUTER_K: tl.constexpr, TMA: tl.constexpr, MASK_IN: tl.constexpr,
 ):
-    """fused: router, selection, gate/up/act and down (atomics) for one neuron slice of one expert."""
+    """fused: router, selection, gate/up/act and down (atomics) for one neuron slice of one expert.
+    ``TMA``: ``wg_ptr``/``wu_ptr``/``wd_ptr`` are tensor descriptors (bulk copies, out-of-range rows
+    and columns read as zeros), else plain pointers with masked loads. ``MASK_IN``: the router kernel
+    already wrote the mask (and initialised the output), so a program reads its expert's mask bytes
+    instead of computing the logits."""
     pid = tl.program_id(0)
     e = pid // N_SUB
     sub = pid % N_SUB
@@ -135,12 +158,14 @@ def _fused_kernel(
     n_ok = offs_n < N
     offs_kb = tl.arange(0, BLOCK_K)
 
-    # Router logits of expert e for every token, fp32.
-    logit = _router_logits(x_ptr, rw_ptr, rb_ptr, rc_ptr, e, offs_n, n_ok, tl.arange(0, ROUTER_K), D, BLOCK_N,
-                           ROUTER_K, HAS_RB, HAS_RC)
-    sel = (logit > threshold) & n_ok
-    if sub == 0:
-        tl.store(mask_ptr + offs_n * E + e, sel.to(tl.int8), mask=n_ok)
+    if MASK_IN:
+        sel = tl.load(mask_ptr + offs_n * E + e, mask=n_ok, other=0) != 0
+    else:  # router logits of expert e for every token, fp32
+        logit = _router_logits(x_ptr, rw_ptr, rb_ptr, rc_ptr, e, offs_n, n_ok, tl.arange(0, ROUTER_K), D, BLOCK_N,
+                               ROUTER_K, HAS_RB, HAS_RC)
+        sel = (logit > threshold) & n_ok
+        if sub == 0:
+            tl.store(mask_ptr + offs_n * E + e, sel.to(tl.int8), mask=n_ok)
     n_sel = tl.sum(sel.to(tl.int32), axis=0)
 
     if n_sel > 0:
@@ -158,18 +183,18 @@ def _fused_kernel(
             k_ok = offs_k < D
             wmask = f_ok[:, None] & k_ok[None, :]
             woffs = rows[:, None] * D + offs_k[None, :]
-            wu = tl.load(wu_ptr + woffs, mask=wmask, other=0.0)
+            wu = _load_rows(wu_ptr, woffs, wmask, e * S + sub * BLOCK_F, k0, TMA)
             if USE_DOT:
                 xt = tl.load(x_ptr + offs_n[:, None] * D + offs_k[None, :],
                              mask=n_ok[:, None] & k_ok[None, :], other=0.0)
                 accu = _mm(xt, tl.trans(wu), accu, PREC, UPCAST)
                 if HAS_GATE:
-                    wg = tl.load(wg_ptr + woffs, mask=wmask, other=0.0)
+                    wg = _load_rows(wg_ptr, woffs, wmask, e * S + sub * BLOCK_F, k0, TMA)
                     accg = _mm(xt, tl.trans(wg), accg, PREC, UPCAST)
             else:
                 xk = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
                 if HAS_GATE:
-                    wg = tl.load(wg_ptr + woffs, mask=wmask, other=0.0)
+                    wg = _load_rows(wg_ptr, woffs, wmask, e * S + sub * BLOCK_F, k0, TMA)
                     accg1 += tl.sum(wg.to(tl.float32) * xk[None, :], axis=1)
                 accu1 += tl.sum(wu.to(tl.float32) * xk[None, :], axis=1)
         if not USE_DOT:
@@ -186,12 +211,12 @@ def _fused_kernel(
         h = tl.where(sel[:, None] & f_ok[None, :], h, 0.0)  # each token keeps only its own experts
 
         offs_db = tl.arange(0, BLOCK_D)
-        hd = h.to(wd_ptr.dtype.element_ty)
+        hd = h.to(x_ptr.dtype.element_ty)  # the wrapper checks every weight has x's dtype
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + offs_db
             d_ok = offs_d < D
-            wd = tl.load(wd_ptr + rows[:, None] * D + offs_d[None, :], mask=f_ok[:, None] & d_ok[None, :],
-                         other=0.0)
+            wd = _load_rows(wd_ptr, rows[:, None] * D + offs_d[None, :], f_ok[:, None] & d_ok[None, :],
+                            e * S + sub * BLOCK_F, d0, TMA)
             if USE_DOT:
                 out = _mm(hd, wd, tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), PREC, UPCAST)
             else:
@@ -204,10 +229,11 @@ def _fused_kernel(
 def _router_kernel(
     x_ptr, rw_ptr, rb_ptr, rc_ptr, bd_ptr, mask_ptr, gu_ptr, y_ptr, N, D, F, S, E, threshold, Z_PER_PROG,
     HAS_RB: tl.constexpr, HAS_RC: tl.constexpr, HAS_BD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_Z: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_Z: tl.constexpr, HAS_GU: tl.constexpr,
 ):
-    """splitk step 1, one program per expert: router logits -> mask; zero this expert's gate/up
-    accumulators and initialise a slice of the fp32 output (to ``b_down`` or 0)."""
+    """splitk step 1 (and ``fused`` with ``router_first``), one program per expert: router logits ->
+    mask; zero this expert's gate/up accumulators (``HAS_GU``) and initialise a slice of the fp32
+    output (to ``b_down`` or 0)."""
     e = tl.program_id(0)
     offs_n = tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
@@ -219,8 +245,9 @@ def _router_kernel(
     zmask = n_ok[:, None] & (offs_s < S)[None, :]
     zoffs = offs_n[:, None] * F + (e * S + offs_s)[None, :]
     zeros = tl.zeros([BLOCK_N, BLOCK_S], dtype=tl.float32)
-    tl.store(gu_ptr + zoffs, zeros, mask=zmask)
-    tl.store(gu_ptr + N * F + zoffs, zeros, mask=zmask)
+    if HAS_GU:
+        tl.store(gu_ptr + zoffs, zeros, mask=zmask)
+        tl.store(gu_ptr + N * F + zoffs, zeros, mask=zmask)
     offs_z = e * Z_PER_PROG + tl.arange(0, BLOCK_Z)
     z_ok = (offs_z < N * D) & (offs_z < (e + 1) * Z_PER_PROG)
     if HAS_BD:
@@ -326,6 +353,15 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _tma_fits(x: torch.Tensor, d: int, expert_size: int, block_f: int, block_k: int, block_d: int) -> bool:
+    """Whether the fused kernel can read weights through tensor descriptors: a Hopper-or-later GPU (or
+    the interpreter), rows whose byte stride is a multiple of 16, experts made of whole neuron slices
+    (a slice never runs into the next expert) and tiles within the 256-element box limit."""
+    if not interpreted() and (x.device.type != "cuda" or torch.cuda.get_device_capability(x.device)[0] < 9):
+        return False
+    return (d * x.element_size()) % 16 == 0 and expert_size % block_f == 0 and max(block_f, block_k, block_d) <= 256
+
+
 def _check(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
            expert_size: int, act: str, w_gate: torch.Tensor | None) -> None:
     """Validate shapes, dtypes and devices for the Triton path."""
@@ -386,20 +422,24 @@ def sparse_ffn_triton(
            "b_down": b_down}
     ptr = {k: (v if v is not None else dummy) for k, v in opt.items()}
     env = _ENV_CONFIG if chosen else {}  # LTE_TRITON_CONFIG tunes the variant inference runs
+
+    def route(y32: torch.Tensor, gu: torch.Tensor | None, block_s: int) -> None:
+        """Router kernel: the mask, ``y32`` initialised to ``b_down`` or 0, gate/up sums ``gu`` zeroed."""
+        rn = triton.next_power_of_2(n)
+        z_per = triton.cdiv(n * d, n_exp)
+        _router_kernel[(n_exp,)](
+            x, router_w, ptr["router_b"], ptr["router_center"], ptr["b_down"], mask, dummy if gu is None else gu,
+            y32, n, d, f, expert_size, n_exp, float(logit_threshold), z_per, HAS_RB=router_b is not None,
+            HAS_RC=router_center is not None, HAS_BD=b_down is not None, BLOCK_N=rn,
+            BLOCK_K=max(64, min(triton.next_power_of_2(d), 4096 // rn)), BLOCK_S=block_s,
+            BLOCK_Z=triton.next_power_of_2(z_per), HAS_GU=gu is not None, num_warps=4)
     if variant == "splitk":
         cfg = {**SPLITK_CONFIG, **env, **(config or {})}
         warps = cfg["num_warps"]
         block_s = max(16, triton.next_power_of_2(expert_size))
         y32 = torch.empty(n, d, device=dev, dtype=torch.float32)
         gu = torch.empty(2, n, f, device=dev, dtype=torch.float32)
-        rn = triton.next_power_of_2(n)
-        z_per = triton.cdiv(n * d, n_exp)
-        _router_kernel[(n_exp,)](
-            x, router_w, ptr["router_b"], ptr["router_center"], ptr["b_down"], mask, gu, y32, n, d, f, expert_size,
-            n_exp, float(logit_threshold), z_per, HAS_RB=router_b is not None, HAS_RC=router_center is not None,
-            HAS_BD=b_down is not None, BLOCK_N=rn,
-            BLOCK_K=max(64, min(triton.next_power_of_2(d), 4096 // rn)), BLOCK_S=block_s,
-            BLOCK_Z=triton.next_power_of_2(z_per), num_warps=4)
+        route(y32, gu, block_s)
         block_k = min(cfg["block_k"], max(16, triton.next_power_of_2(d)))
         _gate_up_partial_kernel[(n_exp, triton.cdiv(d, block_k))](
             x, ptr["w_gate"], w_up, mask, gu, n, d, f, expert_size, n_exp, HAS_GATE=w_gate is not None,
@@ -415,6 +455,8 @@ def sparse_ffn_triton(
         return y32.to(x.dtype), mask.view(torch.bool)
 
     cfg = {**FUSED_CONFIG, **env, **(config or {})}
+    if cfg["dot"] and not use_dot:  # one token through the tensor-core tiles (its loads feed dots, so
+        use_dot, block_n = True, 16  # Triton's software pipeliner keeps several tiles in flight)
     if block_f is None:
         block_f = min(cfg["block_f_dot" if use_dot else "block_f"], triton.next_power_of_2(expert_size))
         block_f = max(block_f, 16) if use_dot else block_f
@@ -423,20 +465,30 @@ def sparse_ffn_triton(
     if use_dot and block_f < 16:
         raise ValueError("block_f must be >= 16 for several tokens (tensor-core tiles)")
     n_sub = triton.cdiv(expert_size, block_f)
-    if b_down is not None:
+    block_k = min(cfg["block_k_dot" if use_dot else "block_k"], max(16, triton.next_power_of_2(d)))
+    block_d = min(cfg["block_d_dot" if use_dot else "block_d"], max(16, triton.next_power_of_2(d)))
+    wts = {"w_gate": ptr["w_gate"], "w_up": w_up, "w_down": w_down}
+    use_tma = bool(cfg["tma"]) and _tma_fits(x, d, expert_size, block_f, block_k, block_d)
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        wts = {k: TensorDescriptor.from_tensor(w, [block_f, block_d if k == "w_down" else block_k])
+               for k, w in wts.items() if k != "w_gate" or w_gate is not None}
+        wts.setdefault("w_gate", dummy)
+    if cfg["router_first"]:  # router kernel first: mask and output initialisation in one launch
+        y32 = torch.empty(n, d, device=dev, dtype=torch.float32)
+        route(y32, None, 16)
+    elif b_down is not None:
         y32 = b_down.to(device=dev, dtype=torch.float32).reshape(1, d).repeat(n, 1)
     else:
         y32 = torch.zeros(n, d, device=dev, dtype=torch.float32)
     _fused_kernel[(n_exp * n_sub,)](
-        x, ptr["w_gate"], w_up, w_down, router_w, ptr["router_b"], ptr["router_center"], ptr["b_gate"], ptr["b_up"],
-        y32, mask, n, d, f, expert_size, n_exp, float(logit_threshold),
+        x, wts["w_gate"], wts["w_up"], wts["w_down"], router_w, ptr["router_b"], ptr["router_center"], ptr["b_gate"],
+        ptr["b_up"], y32, mask, n, d, f, expert_size, n_exp, float(logit_threshold),
         HAS_GATE=w_gate is not None, HAS_RB=router_b is not None, HAS_RC=router_center is not None,
-        HAS_BG=b_gate is not None,
-        HAS_BU=b_up is not None, ACT=_ACT_CODE[act], USE_DOT=use_dot, PREC=prec,
+        HAS_BG=b_gate is not None, HAS_BU=b_up is not None, ACT=_ACT_CODE[act], USE_DOT=use_dot, PREC=prec,
         UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f,
-        BLOCK_K=min(cfg["block_k_dot" if use_dot else "block_k"], max(16, triton.next_power_of_2(d))),
-        BLOCK_D=min(cfg["block_d_dot" if use_dot else "block_d"], max(16, triton.next_power_of_2(d))),
+        BLOCK_K=block_k, BLOCK_D=block_d,
         N_SUB=n_sub, ROUTER_K=min(cfg["router_k"] if not use_dot else 128, max(16, triton.next_power_of_2(d))),
-        num_warps=cfg["num_warps"],
+        TMA=use_tma, MASK_IN=bool(cfg["router_first"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y32.to(x.dtype), mask.view(torch.bool)
