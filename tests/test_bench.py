@@ -71,9 +71,13 @@ def test_bench_warmup_matches_timed_shapes_and_stats_off(monkeypatch):
 
     monkeypatch.setattr(bench, "time_generate", fake_time)
     monkeypatch.setattr(bench, "measured_sparsity", lambda *a: 0.4375)
+    for k in ("LTE_TRITON_VARIANT", "LTE_DISABLE_NATIVE", "LTE_DISABLE_NATIVE_OP"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("LTE_TRITON_CONFIG", '{"block_f": 8}')
     rows = bench.bench_generation(model, None, prompt_len=4, new_tokens=32, repeats=2,
                                   setups=("eager", "static"), progress=False, vocab_size=100)
     assert [r["sparsity"] for r in rows] == [0.4375, 0.4375]
+    assert all(r["kernel_env"] == {"LTE_TRITON_CONFIG": '{"block_f": 8}'} for r in rows)  # recorded as run
     eager = [c for c in calls if c[2] is None]
     static = [c for c in calls if c[2] == "static"]
     assert [c[1] for c in eager] == [16] * 4 + [32] * 4  # short warm-up, then 2 repeats x 2 models

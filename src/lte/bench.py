@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .ffn import LTEFFN
+from .kernels import kernel_env
 from .kernels.reference import activation
 from .sparsify import lte_layers, reset_stats, set_mode, stats
 
@@ -156,7 +157,8 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
                      dense: nn.Module | None = None, vocab_size: int | None = None,
                      sparsity: float | None = None) -> list[dict]:
     """Dense vs LTE (hard mode) decode tokens/s for each setup; one row per setup with the medians,
-    the ratio, the FFN sparsity LTE ran at, and ``speedup_vs_fastest_dense``: LTE against the
+    the ratio, the FFN sparsity LTE ran at, the kernel-selecting environment variables
+    (``kernel_env``) and ``speedup_vs_fastest_dense``: LTE against the
     fastest dense setup of the call. Every setup is warmed up first, then each repeat times every
     setup, dense and LTE alternately, so that a machine whose speed drifts over minutes moves all
     setups alike and the fastest dense setup is picked fairly.
@@ -200,7 +202,8 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
             rows.append({"setup": setup, "dense_tok_s": d_tps, "lte_tok_s": l_tps, "speedup": l_tps / d_tps,
                          "sparsity": sparsity, "prompt_len": prompt_len, "new_tokens": new_tokens,
                          "repeats": repeats, "backend": lte_layers(model)[0].backend,
-                         "dtype": str(next(model.parameters()).dtype).replace("torch.", "")})
+                         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                         "kernel_env": kernel_env()})
     finally:
         model.lte_state.track_stats = True
     fastest = max(rows, key=lambda r: r["dense_tok_s"])

@@ -17,15 +17,23 @@ of :func:`lte.kernels.reference.router_mask`, linear or folded routers alike):
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
 from .reference import ACTIVATIONS, router_mask, sparse_ffn_reference
 
 __all__ = ["available_backends", "resolve_backend", "sparse_ffn", "union_sparsity", "router_mask",
-           "sparse_ffn_reference", "ACTIVATIONS"]
+           "sparse_ffn_reference", "ACTIVATIONS", "kernel_env"]
 
 BACKENDS = ("reference", "cpu", "triton")
+# Environment variables that change which kernel code runs or how it is tiled (see the backends).
+KERNEL_ENV = ("LTE_TRITON_VARIANT", "LTE_TRITON_CONFIG", "LTE_DISABLE_NATIVE", "LTE_DISABLE_NATIVE_OP")
+
+
+def kernel_env() -> dict[str, str]:
+    """The kernel-selecting environment variables set in this process, for benchmark records."""
+    return {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
 
 
 def _triton_importable() -> bool:
