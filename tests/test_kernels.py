@@ -448,3 +448,59 @@ def test_union_sparsity():
     assert kernels.union_sparsity(torch.zeros(3, 5, dtype=torch.bool)) == 1.0
     with pytest.raises(ValueError):
         kernels.union_sparsity(torch.zeros(5, dtype=torch.bool))
+
+
+def _bench_module(name: str):
+    """Import benchmarks/<name>.py (the benchmark scripts are not a package)."""
+    bench_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    return importlib.import_module(name)
+
+
+def test_kernel_ablation_copies_still_match_the_kernel(triton_ffn, tmp_path):
+    """benchmarks/kernel_ablation.py edits the kernel's source text: every edit must still apply, and the
+    ablated copies must run. With one selected expert (one program adds into y) a store equals the add."""
+    ka = _bench_module("kernel_ablation")
+    device = "cuda" if HAS_CUDA else "cpu"
+    case = make_case(1, 64, 8, 4, torch.float32, gated=True, biases=False, mode="single", device=device, seed=3)
+    c = dict(case)
+    args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
+    y0, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant="fused", config={"block_f": 8}, **c)
+    assert int(mask.sum()) == 1
+    for name, edits in ka.EDITS.items():
+        mod = ka.ablated(name, edits, tmp_path)
+        y, m = mod.sparse_ffn_triton(*args, act="silu", variant="fused", config={"block_f": 8}, **c)
+        assert y.shape == y0.shape and torch.equal(m, mask)
+        if name == "store_not_atomic":
+            assert torch.allclose(y, y0)
+        else:
+            assert not torch.allclose(y, y0)  # a phase was cut out
+
+
+def test_kernel_bench_option_parsers(triton_ffn):
+    """--fused-tries takes K/D/R/W/F[/S[/T]] (defaults S=3, T=0); --fused-configs a JSON list of config
+    dicts with known keys; bad values fail with argparse errors."""
+    import argparse
+    kb = _bench_module("kernel_bench")
+    assert kb._tilings("2048/4096/4096/4/16,256/256/4096/4/16/4/1") == ((2048, 4096, 4096, 4, 16, 3, 0),
+                                                                         (256, 256, 4096, 4, 16, 4, 1))
+    for bad in ("1/2/3", "1/2/3/4/5/0", "1/2/3/4/5/3/2", "a/b/c/d/e"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            kb._tilings(bad)
+    assert kb._configs('[{"router_first": 1, "block_f": 8}]') == ({"router_first": 1, "block_f": 8},)
+    for bad, msg in (("{", "not JSON"), ('{"a": 1}', "list"), ('[{"blockf": 8}]', "unknown config keys")):
+        with pytest.raises(argparse.ArgumentTypeError, match=msg):
+            kb._configs(bad)
+
+
+def test_bandwidth_probe_stream_kernel_sums_live_chunks(triton_ffn):
+    """benchmarks/bandwidth_probe.py's read kernel: program p sums its chunk only when live[p]."""
+    bp = _bench_module("bandwidth_probe")
+    device = "cuda" if HAS_CUDA else "cpu"
+    w = torch.randn(4 * 64, device=device).to(torch.bfloat16)
+    live = torch.tensor([1, 0, 1, 1], dtype=torch.int8, device=device)
+    out = torch.full((4,), 7.0, device=device)
+    bp._stream_read[(4,)](w, live, out, CHUNK=64, BLOCK=16)
+    ref = w.float().view(4, 64).sum(1)
+    assert torch.allclose(out[[0, 2, 3]], ref[[0, 2, 3]], atol=1e-3) and out[1] == 7.0
