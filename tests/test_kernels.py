@@ -338,8 +338,10 @@ def test_fine_experts_match_reference(triton_ffn, expert_size, n):
     ("fused", {"tma": 1, "block_k": 32, "block_d": 64, "block_k_dot": 32, "num_stages": 2}),  # descriptor loads
     ("fused", {"tma": 1, "block_f": 4, "block_k": 256, "block_d": 256}),  # TMA, tiles wider than d, split experts
     ("fused", {"router_first": 1, "block_f": 4}),  # mask from the router kernel, split experts
+    ("fused", {"prefetch_down": 1, "block_f": 4, "block_d": 16}),  # down rows loaded first, in one d chunk
+    ("fused", {"prefetch_down": 1, "tma": 1, "router_first": 1}),
 ], ids=["fused", "splitk", "fused-cfg-a", "fused-cfg-b", "fused-split-experts", "fused-tma", "fused-tma-split",
-        "fused-router-first"])
+        "fused-router-first", "fused-prefetch-down", "fused-prefetch-down-tma-router-first"])
 @pytest.mark.parametrize("n", [1, 4])
 def test_triton_variants(triton_ffn, variant, config, n):
     device = "cuda" if HAS_CUDA else "cpu"

@@ -66,9 +66,13 @@ SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # expert's logit. On an H200 none of these beat the default at 50% (BENCHMARKS.md, eleventh
 # session: stages changed nothing, one-token TMA tiles were ~10x slower, dot tiles ~2x), but
 # router_first with block_f 8 and block_k 4096 took 17.2 us against 22.1 at 90% sparsity.
+# prefetch_down: issue the down rows' load before the gate/up loop (one d chunk; the kernel ablation
+# showed the down phase running after gate/up at 2.9 TB/s); it holds a [block_f, d] tile in
+# registers, so it suits block_f 8 or 4 with 8 warps. Added after this session's device time was
+# spent: not yet timed on a GPU.
 FUSED_CONFIG = {"block_k": 2048, "block_d": 4096, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
                 "block_d_dot": 128, "block_f": 16, "block_f_dot": 16, "num_stages": 3, "tma": 0, "dot": 0,
-                "router_first": 0}
+                "router_first": 0, "prefetch_down": 0}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
 _ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
@@ -145,12 +149,14 @@ def _fused_kernel(
     ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     N_SUB: tl.constexpr, ROUTER_K: tl.constexpr, TMA: tl.constexpr, MASK_IN: tl.constexpr,
+    PREFETCH_DOWN: tl.constexpr,
 ):
     """fused: router, selection, gate/up/act and down (atomics) for one neuron slice of one expert.
     ``TMA``: ``wg_ptr``/``wu_ptr``/``wd_ptr`` are tensor descriptors (bulk copies, out-of-range rows
     and columns read as zeros), else plain pointers with masked loads. ``MASK_IN``: the router kernel
     already wrote the mask (and initialised the output), so a program reads its expert's mask bytes
-    instead of computing the logits."""
+    instead of computing the logits. ``PREFETCH_DOWN`` (one d chunk, ``BLOCK_D >= D``): the down rows
+    are loaded before the gate/up loop, so they are in flight together with the gate/up rows."""
     pid = tl.program_id(0)
     e = pid // N_SUB
     sub = pid % N_SUB
@@ -172,6 +178,10 @@ def _fused_kernel(
         offs_f = sub * BLOCK_F + tl.arange(0, BLOCK_F)
         f_ok = offs_f < S
         rows = e * S + offs_f
+        offs_db = tl.arange(0, BLOCK_D)
+        if PREFETCH_DOWN:
+            wd_pre = _load_rows(wd_ptr, rows[:, None] * D + offs_db[None, :], f_ok[:, None] & (offs_db < D)[None, :],
+                                e * S + sub * BLOCK_F, 0, TMA)
         if USE_DOT:
             accu = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
             accg = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
@@ -210,13 +220,15 @@ def _fused_kernel(
             h = _act(accu, ACT)
         h = tl.where(sel[:, None] & f_ok[None, :], h, 0.0)  # each token keeps only its own experts
 
-        offs_db = tl.arange(0, BLOCK_D)
         hd = h.to(x_ptr.dtype.element_ty)  # the wrapper checks every weight has x's dtype
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + offs_db
             d_ok = offs_d < D
-            wd = _load_rows(wd_ptr, rows[:, None] * D + offs_d[None, :], f_ok[:, None] & d_ok[None, :],
-                            e * S + sub * BLOCK_F, d0, TMA)
+            if PREFETCH_DOWN:
+                wd = wd_pre
+            else:
+                wd = _load_rows(wd_ptr, rows[:, None] * D + offs_d[None, :], f_ok[:, None] & d_ok[None, :],
+                                e * S + sub * BLOCK_F, d0, TMA)
             if USE_DOT:
                 out = _mm(hd, wd, tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), PREC, UPCAST)
             else:
@@ -467,6 +479,8 @@ def sparse_ffn_triton(
     n_sub = triton.cdiv(expert_size, block_f)
     block_k = min(cfg["block_k_dot" if use_dot else "block_k"], max(16, triton.next_power_of_2(d)))
     block_d = min(cfg["block_d_dot" if use_dot else "block_d"], max(16, triton.next_power_of_2(d)))
+    if cfg["prefetch_down"]:  # the prefetched down tile is the whole row block: one d chunk
+        block_d = max(16, triton.next_power_of_2(d))
     wts = {"w_gate": ptr["w_gate"], "w_up": w_up, "w_down": w_down}
     use_tma = bool(cfg["tma"]) and _tma_fits(x, d, expert_size, block_f, block_k, block_d)
     if use_tma:
@@ -489,6 +503,7 @@ def sparse_ffn_triton(
         UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f,
         BLOCK_K=block_k, BLOCK_D=block_d,
         N_SUB=n_sub, ROUTER_K=min(cfg["router_k"] if not use_dot else 128, max(16, triton.next_power_of_2(d))),
-        TMA=use_tma, MASK_IN=bool(cfg["router_first"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        TMA=use_tma, MASK_IN=bool(cfg["router_first"]), PREFETCH_DOWN=bool(cfg["prefetch_down"]),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y32.to(x.dtype), mask.view(torch.bool)
