@@ -380,6 +380,24 @@ def test_triton_tma_loads_match_reference(triton_ffn, n):
         assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
 
 
+def test_triton_config_errors(triton_ffn):
+    """Unknown tuning keys and malformed LTE_TRITON_CONFIG fail loudly instead of being ignored."""
+    case = make_case(1, 32, 8, 2, torch.float32, gated=True, biases=False, mode="all")
+    c = dict(case)
+    args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
+    args = [a.cuda() if HAS_CUDA and torch.is_tensor(a) else a for a in args]
+    c = {k: (v.cuda() if HAS_CUDA and torch.is_tensor(v) else v) for k, v in c.items()}
+    with pytest.raises(ValueError, match="unknown fused config keys"):
+        triton_ffn.sparse_ffn_triton(*args, act="silu", variant="fused", config={"blockf": 8}, **c)
+    with pytest.raises(ValueError, match="unknown splitk config keys"):
+        triton_ffn.sparse_ffn_triton(*args, act="silu", variant="splitk", config={"router_first": 1}, **c)
+    assert triton_ffn._env_config('{"block_f": 8, "epp": 2}') == {"block_f": 8, "epp": 2}
+    assert triton_ffn._env_config("") == {}
+    for bad, msg in (("{block_f: 8}", "not valid JSON"), ('{"blockf": 8}', "keys among"), ("[1]", "keys among")):
+        with pytest.raises(ValueError, match=msg):
+            triton_ffn._env_config(bad)
+
+
 def test_triton_variant_follows_token_count(triton_ffn, monkeypatch):
     """Inference runs fused at one token and splitk at several; LTE_TRITON_VARIANT forces one."""
     monkeypatch.setattr(triton_ffn, "FORCED_VARIANT", None)

@@ -74,7 +74,21 @@ FUSED_CONFIG = {"block_k": 2048, "block_d": 4096, "router_k": 4096, "num_warps":
                 "block_d_dot": 128, "block_f": 16, "block_f_dot": 16, "num_stages": 3, "tma": 0, "dot": 0,
                 "router_first": 0, "prefetch_down": 0}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
-_ENV_CONFIG = json.loads(os.environ.get("LTE_TRITON_CONFIG", "{}") or "{}")
+_CONFIG_KEYS = set(FUSED_CONFIG) | set(SPLITK_CONFIG)
+
+
+def _env_config(text: str) -> dict:
+    """LTE_TRITON_CONFIG's JSON object, with every key one of the variants' config keys."""
+    try:
+        cfg = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"LTE_TRITON_CONFIG={text!r} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict) or set(cfg) - _CONFIG_KEYS:
+        raise ValueError(f"LTE_TRITON_CONFIG={text!r}: expected a JSON object with keys among {sorted(_CONFIG_KEYS)}")
+    return cfg
+
+
+_ENV_CONFIG = _env_config(os.environ.get("LTE_TRITON_CONFIG", ""))
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # silu, gelu, gelu_tanh, relu
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -419,6 +433,9 @@ def sparse_ffn_triton(
     variant = default_variant(n) if chosen else variant
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    known = SPLITK_CONFIG if variant == "splitk" else FUSED_CONFIG
+    if config and set(config) - set(known):
+        raise ValueError(f"unknown {variant} config keys {sorted(set(config) - set(known))}; known: {sorted(known)}")
     f = w_up.shape[0]
     n_exp = f // expert_size
     x = x.contiguous()
