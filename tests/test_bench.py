@@ -125,9 +125,9 @@ def test_bench_loop_setup_times_both_models_with_lte_decode(monkeypatch):
     seen = []
     real = decode.GreedyDecoder.generate
 
-    def spy(self, ids, n):
+    def spy(self, ids, n, on_prefill=None):
         seen.append((self.model, n, self.mode, getattr(getattr(self.model, "lte_state", None), "track_stats", None)))
-        return real(self, ids, n)
+        return real(self, ids, n, on_prefill=on_prefill)
 
     monkeypatch.setattr(decode.GreedyDecoder, "generate", spy)
     model = lte.sparsify(FAMILIES["llama"](), lte.LTEConfig(expert_size=16), progress=False)
@@ -135,4 +135,7 @@ def test_bench_loop_setup_times_both_models_with_lte_decode(monkeypatch):
                                   progress=False, vocab_size=96)
     assert [r["setup"] for r in rows] == ["static+loop"] and rows[0]["dense_tok_s"] > 0 and rows[0]["lte_tok_s"] > 0
     assert len(seen) == 8 and {s[1] for s in seen} == {6} and {s[2] for s in seen} == {"default"}
+    r = rows[0]  # the 5 steps after the prefill, timed apart from it
+    assert r["dense_decode_tok_s"] > 0 and r["lte_decode_tok_s"] > 0
+    assert r["decode_speedup"] == pytest.approx(r["lte_decode_tok_s"] / r["dense_decode_tok_s"])
     assert sum(s[0] is model for s in seen) == 4 and not any(s[3] for s in seen if s[0] is model)

@@ -35,7 +35,13 @@ def test_greedy_decoder_equals_full_forward(family, sparse):
     dec = GreedyDecoder(model, max_len=24, compile_mode=None)
     for n_prompt in (10, 6):  # the second call reuses (and must reset) the static cache
         ids = _prompt(n_prompt, seed=n_prompt)
-        assert torch.equal(dec.generate(ids, 12), _full_forward_greedy(model, ids, 12))
+        steps, calls = [], []
+        step = dec.step
+        dec.step = lambda *a, step=step, steps=steps: steps.append(1) or step(*a)
+        out = dec.generate(ids, 12, on_prefill=lambda calls=calls, steps=steps: calls.append(len(steps)))
+        dec.step = step
+        assert torch.equal(out, _full_forward_greedy(model, ids, 12))
+        assert calls == [0] and len(steps) == 11  # called once, after the prefill, before any decode step
 
 
 def test_compiled_greedy_step_matches_eager():

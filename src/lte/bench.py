@@ -121,25 +121,38 @@ def time_generate(model, enc: dict, kw: dict) -> float:
 
 
 def _timer(setup: str, models: tuple[nn.Module, ...], enc: dict, pad_id: int | None, new_tokens: int):
-    """``(timed, warm)``: per-model callables returning the seconds of one timed run and of one
-    warm-up run of ``setup``."""
+    """``(timed, warm, decode)``: per-model callables returning the seconds of one timed run and of
+    one warm-up run of ``setup``; for the lean loop, ``decode`` maps ``id(model)`` to the seconds of
+    its last run after the prefill (else None: ``generate`` does not expose the split)."""
     dev = enc["input_ids"].device
     if setup == LOOP_SETUP:
         from .decode import GreedyDecoder
         mode = "reduce-overhead" if dev.type == "cuda" else "default"
         ids = enc["input_ids"]
         decs = {id(m): GreedyDecoder(m, ids.shape[1] + new_tokens, mode) for m in models}
+        decode: dict[int, float] = {}
+
+        def now() -> float:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter()
 
         def loop(m):
-            return _seconds(lambda: decs[id(m)].generate(ids, new_tokens), dev)
-        return loop, loop
+            marks = {}
+            t0 = now()
+            with torch.no_grad():
+                decs[id(m)].generate(ids, new_tokens, on_prefill=lambda: marks.setdefault("prefill", now()))
+            t1 = now()
+            decode[id(m)] = t1 - marks["prefill"]
+            return t1 - t0
+        return loop, loop, decode
     kw = _generate_kwargs(setup, pad_id, new_tokens)
     # warm-up: kernels, compilation, caches. A static cache is sized by max_new_tokens and a new
     # size recompiles, so static setups warm up at the timed length (else the first timed run of
     # each model includes a recompilation).
     short = {**kw, "max_new_tokens": min(new_tokens, 16), "min_new_tokens": min(new_tokens, 16)}
     warm = short if setup == "eager" else kw
-    return (lambda m: time_generate(m, enc, kw)), (lambda m: time_generate(m, enc, warm))
+    return (lambda m: time_generate(m, enc, kw)), (lambda m: time_generate(m, enc, warm)), None
 
 
 def measured_sparsity(model, enc: dict, new_tokens: int, pad_id: int | None) -> float:
@@ -157,8 +170,10 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
                      dense: nn.Module | None = None, vocab_size: int | None = None,
                      sparsity: float | None = None) -> list[dict]:
     """Dense vs LTE (hard mode) decode tokens/s for each setup; one row per setup with the medians,
-    the ratio, the FFN sparsity LTE ran at, the kernel-selecting environment variables
-    (``kernel_env``) and ``speedup_vs_fastest_dense``: LTE against the
+    the ratio (tokens over the whole run, prefill included), the FFN sparsity LTE ran at, the
+    kernel-selecting environment variables (``kernel_env``), for the lean loop also the decode
+    steps alone (``dense_decode_tok_s``, ``lte_decode_tok_s``, ``decode_speedup``: prefill
+    excluded), and ``speedup_vs_fastest_dense``: LTE against the
     fastest dense setup of the call. Every setup is warmed up first, then each repeat times every
     setup, dense and LTE alternately, so that a machine whose speed drifts over minutes moves all
     setups alike and the fastest dense setup is picked fairly.
@@ -189,11 +204,16 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
                 warm(m)
         td: dict[str, list[float]] = {s: [] for s in setups}
         tl: dict[str, list[float]] = {s: [] for s in setups}
+        dd: dict[str, list[float]] = {s: [] for s in setups}  # decode steps only (lean loop)
+        dl: dict[str, list[float]] = {s: [] for s in setups}
         for r in range(repeats):
             for setup in setups:
-                timed = timers[setup][0]
+                timed, _, decode = timers[setup]
                 td[setup].append(timed(dense))
                 tl[setup].append(timed(model))
+                if decode is not None:
+                    dd[setup].append(decode[id(dense)])
+                    dl[setup].append(decode[id(model)])
                 if progress:
                     print(f"[bench] {setup} {r + 1}/{repeats}: dense {new_tokens / td[setup][-1]:.1f} tok/s, "
                           f"lte {new_tokens / tl[setup][-1]:.1f} tok/s", flush=True)
@@ -204,6 +224,10 @@ def bench_generation(model, tok, *, prompt_len: int = 128, new_tokens: int = 256
                          "repeats": repeats, "backend": lte_layers(model)[0].backend,
                          "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                          "kernel_env": kernel_env()})
+            if dd[setup] and new_tokens > 1:  # the new_tokens - 1 steps after the prefill's token
+                d_dec = (new_tokens - 1) / statistics.median(dd[setup])
+                l_dec = (new_tokens - 1) / statistics.median(dl[setup])
+                rows[-1].update(dense_decode_tok_s=d_dec, lte_decode_tok_s=l_dec, decode_speedup=l_dec / d_dec)
     finally:
         model.lte_state.track_stats = True
     fastest = max(rows, key=lambda r: r["dense_tok_s"])

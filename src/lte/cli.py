@@ -422,6 +422,10 @@ def cmd_bench(a) -> int:
         for r in rows:
             print(f"{r['setup']:<16} {r['dense_tok_s']:>12.1f} {r['lte_tok_s']:>10.1f} {r['speedup']:>7.2f}x "
                   f"{r['sparsity']:>13.3f}")
+        for r in rows:
+            if "decode_speedup" in r:
+                print(f"{r['setup']}, decode steps only (prefill excluded): dense {r['dense_decode_tok_s']:.1f}, "
+                      f"LTE {r['lte_decode_tok_s']:.1f} tok/s, {r['decode_speedup']:.2f}x")
         if len(rows) > 1:
             best = max(rows, key=lambda r: r["lte_tok_s"])
             print(f"fastest LTE ({best['setup']}) vs fastest dense ({best['fastest_dense_setup']}): "

@@ -12,6 +12,7 @@ any Hugging Face decoder the same way, so dense and LTE models are compared on e
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,8 +61,11 @@ class GreedyDecoder:
         return logits[:, -1].argmax(-1, keepdim=True)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """``[1, prompt + new_tokens]`` token ids: the prompt and its greedy continuation."""
+    def generate(self, input_ids: torch.Tensor, new_tokens: int,
+                 on_prefill: Callable[[], None] | None = None) -> torch.Tensor:
+        """``[1, prompt + new_tokens]`` token ids: the prompt and its greedy continuation.
+        ``on_prefill`` is called once the prompt's forward pass is queued (benchmarks time the
+        decode steps apart from the prefill)."""
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"greedy decoding here is for one sequence: input_ids [1, n], got {tuple(input_ids.shape)}")
         n = input_ids.shape[1]
@@ -72,6 +76,8 @@ class GreedyDecoder:
         ids = input_ids.to(self.device)
         pos = torch.arange(n, device=self.device)
         tok = self._forward(ids, pos)  # prefill
+        if on_prefill is not None:
+            on_prefill()
         out = [tok]
         pos = pos[-1:] + 1
         cudagraphs = self.mode == "reduce-overhead" and self.device.type == "cuda"
