@@ -38,7 +38,8 @@ def main() -> None:
     model.eval()
     model.lte_state.track_stats = False
     dense = dense_copy(model).eval()
-    ids = torch.randint(0, 1000, (1, a.prompt_len), generator=torch.Generator().manual_seed(0))
+    vocab = min(1000, model.get_input_embeddings().num_embeddings)
+    ids = torch.randint(0, vocab, (1, a.prompt_len), generator=torch.Generator().manual_seed(0))
     rows = {}
     for name, m in (("dense", dense), ("lte", model)):
         dec = GreedyDecoder(m, a.prompt_len + a.tokens, "default")

@@ -139,3 +139,27 @@ def test_bench_loop_setup_times_both_models_with_lte_decode(monkeypatch):
     assert r["dense_decode_tok_s"] > 0 and r["lte_decode_tok_s"] > 0
     assert r["decode_speedup"] == pytest.approx(r["lte_decode_tok_s"] / r["dense_decode_tok_s"])
     assert sum(s[0] is model for s in seen) == 4 and not any(s[3] for s in seen if s[0] is model)
+
+
+def test_profile_decode_cpu_script_runs(tmp_path, monkeypatch):
+    """benchmarks/profile_decode_cpu.py on a tiny saved LTE model: per-model top operators, the LTE
+    model's sparse FFN among them, written as JSON."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+    model = lte.sparsify(FAMILIES["llama"](), lte.LTEConfig(expert_size=16), progress=False)
+    lte.save(model, tmp_path / "m")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_decode_cpu.py"
+    spec = importlib.util.spec_from_file_location("profile_decode_cpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # plumbing only; test_decode compiles
+    out = tmp_path / "p.json"
+    monkeypatch.setattr(sys, "argv", ["x", str(tmp_path / "m"), "--prompt-len", "4", "--tokens", "5",
+                                      "--dtype", "float32", "--top", "40", "--out", str(out)])
+    mod.main()
+    rows = json.loads(out.read_text())
+    assert rows["dense"]["top"] and rows["lte"]["tok_s_unprofiled"] > 0
+    assert any(r["op"] == "lte::sparse_ffn" for r in rows["lte"]["top"])
+    assert not any(r["op"] == "lte::sparse_ffn" for r in rows["dense"]["top"])
