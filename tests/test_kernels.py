@@ -330,6 +330,21 @@ def test_fine_experts_match_reference(triton_ffn, expert_size, n):
         check_backend(tcase, "silu", "triton")
 
 
+def _triton_call(mod, case: dict, **kw):
+    """``mod.sparse_ffn_triton`` on a :func:`make_case` problem (``kw``: variant, config, ...)."""
+    c = dict(case)
+    args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
+    return mod.sparse_ffn_triton(*args, act="silu", **kw, **c)
+
+
+def _rel_err_vs_float64(case: dict, y: torch.Tensor, mask: torch.Tensor) -> float:
+    """Relative error of ``y`` against the float64 reference on the same mask."""
+    c = {k: (v.double() if torch.is_tensor(v) else v) for k, v in case.items()
+         if k not in ("router_w", "router_b", "router_center", "logit_threshold")}
+    ref = sparse_ffn_reference(c.pop("x"), c.pop("w_up"), c.pop("w_down"), mask, act="silu", **c)
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
 @pytest.mark.parametrize("variant,config", [
     ("fused", None), ("splitk", None),
     ("fused", {"block_k": 32, "block_d": 64, "router_k": 128, "num_warps": 8}),  # chunks larger/smaller than d
@@ -347,13 +362,8 @@ def test_triton_variants(triton_ffn, variant, config, n):
     device = "cuda" if HAS_CUDA else "cpu"
     for dtype in (torch.float32, torch.bfloat16):
         case = make_case(n, 72, 8, 4, dtype, gated=True, biases=True, mode="random", device=device, seed=n)
-        c = dict(case)
-        args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
-        y, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant=variant, config=config, **c)
-        ref = sparse_ffn_reference(args[0].double(), args[1].double(), args[2].double(), mask, act="silu",
-                                   **{k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()
-                                      if k != "logit_threshold"})
-        assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
+        y, mask = _triton_call(triton_ffn, case, variant=variant, config=config)
+        assert _rel_err_vs_float64(case, y, mask) < TOL[dtype]
 
 
 @pytest.mark.parametrize("n", [1, 5])
@@ -370,27 +380,19 @@ def test_triton_tma_loads_match_reference(triton_ffn, n):
         assert fits == (d == 96 and expert_size == 16 and (triton_ffn.interpreted() or
                                                             torch.cuda.get_device_capability()[0] >= 9))
         case = make_case(n, d, expert_size, 6, dtype, gated=True, biases=True, mode="random", device=device, seed=d)
-        c = dict(case)
-        args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
-        y, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant="fused", config=cfg, **c)
-        ref = sparse_ffn_reference(args[0].double(), args[1].double(), args[2].double(), mask, act="silu",
-                                   **{k: (v.double() if torch.is_tensor(v) else v) for k, v in c.items()
-                                      if k != "logit_threshold"})
+        y, mask = _triton_call(triton_ffn, case, variant="fused", config=cfg)
         assert 0 < mask.sum() < mask.numel()  # some experts skipped, some run
-        assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[dtype]
+        assert _rel_err_vs_float64(case, y, mask) < TOL[dtype]
 
 
 def test_triton_config_errors(triton_ffn):
     """Unknown tuning keys and malformed LTE_TRITON_CONFIG fail loudly instead of being ignored."""
-    case = make_case(1, 32, 8, 2, torch.float32, gated=True, biases=False, mode="all")
-    c = dict(case)
-    args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
-    args = [a.cuda() if HAS_CUDA and torch.is_tensor(a) else a for a in args]
-    c = {k: (v.cuda() if HAS_CUDA and torch.is_tensor(v) else v) for k, v in c.items()}
+    case = make_case(1, 32, 8, 2, torch.float32, gated=True, biases=False, mode="all",
+                     device="cuda" if HAS_CUDA else "cpu")
     with pytest.raises(ValueError, match="unknown fused config keys"):
-        triton_ffn.sparse_ffn_triton(*args, act="silu", variant="fused", config={"blockf": 8}, **c)
+        _triton_call(triton_ffn, case, variant="fused", config={"blockf": 8})
     with pytest.raises(ValueError, match="unknown splitk config keys"):
-        triton_ffn.sparse_ffn_triton(*args, act="silu", variant="splitk", config={"router_first": 1}, **c)
+        _triton_call(triton_ffn, case, variant="splitk", config={"router_first": 1})
     assert triton_ffn._env_config('{"block_f": 8, "epp": 2}') == {"block_f": 8, "epp": 2}
     assert triton_ffn._env_config("") == {}
     for bad, msg in (("{block_f: 8}", "not valid JSON"), ('{"blockf": 8}', "keys among"), ("[1]", "keys among")):
@@ -484,13 +486,11 @@ def test_kernel_ablation_copies_still_match_the_kernel(triton_ffn, tmp_path):
     ka = _bench_module("kernel_ablation")
     device = "cuda" if HAS_CUDA else "cpu"
     case = make_case(1, 64, 8, 4, torch.float32, gated=True, biases=False, mode="single", device=device, seed=3)
-    c = dict(case)
-    args = [c.pop(k) for k in ("x", "w_up", "w_down", "router_w", "router_b")]
-    y0, mask = triton_ffn.sparse_ffn_triton(*args, act="silu", variant="fused", config={"block_f": 8}, **c)
+    y0, mask = _triton_call(triton_ffn, case, variant="fused", config={"block_f": 8})
     assert int(mask.sum()) == 1
     for name, edits in ka.EDITS.items():
         mod = ka.ablated(name, edits, tmp_path)
-        y, m = mod.sparse_ffn_triton(*args, act="silu", variant="fused", config={"block_f": 8}, **c)
+        y, m = _triton_call(mod, case, variant="fused", config={"block_f": 8})
         assert y.shape == y0.shape and torch.equal(m, mask)
         if name == "store_not_atomic":
             assert torch.allclose(y, y0)

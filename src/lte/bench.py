@@ -103,16 +103,19 @@ def _generate_kwargs(setup: str, pad_id: int | None, new_tokens: int) -> dict[st
     return kw
 
 
+def _now(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work has finished (synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def _seconds(fn, device: torch.device) -> float:
     """Wall seconds of ``fn()`` (synchronised on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = _now(device)
     with torch.no_grad():
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return _now(device) - t
 
 
 def time_generate(model, enc: dict, kw: dict) -> float:
@@ -132,17 +135,12 @@ def _timer(setup: str, models: tuple[nn.Module, ...], enc: dict, pad_id: int | N
         decs = {id(m): GreedyDecoder(m, ids.shape[1] + new_tokens, mode) for m in models}
         decode: dict[int, float] = {}
 
-        def now() -> float:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter()
-
         def loop(m):
             marks = {}
-            t0 = now()
+            t0 = _now(dev)
             with torch.no_grad():
-                decs[id(m)].generate(ids, new_tokens, on_prefill=lambda: marks.setdefault("prefill", now()))
-            t1 = now()
+                decs[id(m)].generate(ids, new_tokens, on_prefill=lambda: marks.setdefault("prefill", _now(dev)))
+            t1 = _now(dev)
             decode[id(m)] = t1 - marks["prefill"]
             return t1 - t0
         return loop, loop, decode
