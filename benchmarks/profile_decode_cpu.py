@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lte.bench import dense_copy
 from lte.decode import GreedyDecoder
-from lte.io import load
+from lte.io import CheckpointError, load
 from lte.sparsify import set_mode
 
 
@@ -29,10 +29,13 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=40, help="tokens generated per model (tokens - 1 decode steps profiled)")
     ap.add_argument("--top", type=int, default=12, help="operators listed (and written) per model")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     ap.add_argument("--out", type=Path, default=None, help="also write the per-model totals and top operators as JSON")
     a = ap.parse_args()
-    loaded = load(a.model, dtype=getattr(torch, a.dtype), device="cpu")
+    try:
+        loaded = load(a.model, dtype=getattr(torch, a.dtype), device="cpu")
+    except CheckpointError as exc:
+        raise SystemExit(f"profile_decode_cpu: {exc}") from None
     model = loaded[0] if isinstance(loaded, tuple) else loaded
     set_mode(model, "hard")
     model.eval()
