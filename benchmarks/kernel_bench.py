@@ -154,10 +154,7 @@ def check_gpu(ws: list, d: int, s: int, batches=(1, 3, 8, 16)) -> list[dict]:
                                        ("fused_f8", "fused", {"block_f": 8}),
                                        ("fused_tma", "fused", {"tma": 1, "block_k": 256, "block_d": 256}),
                                        ("fused_dot_tma", "fused", {"dot": 1, "tma": 1, "block_k_dot": 256,
-                                                                   "block_d_dot": 256, "num_stages": 4}),
-                                       ("fused_prefetch", "fused", {"prefetch_down": 1, "block_f": 8,
-                                                                    "num_warps": 8}),
-                                       ("fused_persistent", "fused", {"persistent": 1})):
+                                                                   "block_d_dot": 256, "num_stages": 4})):
                 y, mask = sparse_ffn_triton(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu",
                                             w_gate=w["wg"], logit_threshold=thr, variant=variant, config=cfg)
                 err = ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -208,10 +205,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
             for name, kw in tried[:2] if args.quick else tried:
                 split = kw.get("config", {}).get("block_f", 32) < 32
                 tma = kw.get("config", {}).get("tma", 0)
-                pre = kw.get("config", {}).get("prefetch_down", 0)
-                pers = kw.get("config", {}).get("persistent", 0)
                 if (kw["variant"] in broken or split and "fused_f8" in broken or tma and {"fused_tma", "fused_dot_tma"} & broken
-                        or pre and "fused_prefetch" in broken or pers and "fused_persistent" in broken
                         or batch > 1 and name.startswith(("fused_f", "fused_c_"))):
                     continue  # the tilings differ at one token only; split slices and TMA only if checked correct
                 configs[name] = kw.get("config")
@@ -309,18 +303,17 @@ def ir_report() -> list[dict]:
     TMA) that the software pipeliner can keep several tiles of in flight."""
     import re
 
-    from lte.kernels.triton_ffn import _fused_kernel, _persistent_kernel
+    from lte.kernels.triton_ffn import _fused_kernel
     rows = []
-    caches = [(kernel.fn.__name__, k) for kernel in (_fused_kernel, _persistent_kernel)
-              for dev_caches in getattr(kernel, "device_caches", {}).values() for k in dev_caches[0].values()]
-    for name, k in caches:
-        ir = k.asm.get("ttgir", "")
-        md = k.metadata
-        rows.append(dict(kernel=name, num_warps=md.num_warps, num_stages=md.num_stages, shared_bytes=md.shared,
-                         n_regs=getattr(k, "n_regs", None), n_spills=getattr(k, "n_spills", None),
-                         cp_async=ir.count("async_copy_global_to_local"), tma_loads=ir.count("async_tma_copy"),
-                         descriptor_loads=ir.count("tt.descriptor_load"),
-                         tiles=sorted(set(re.findall(r"tensor<(\d+x\d+)x(?:bf16|f16|f32)", ir)))))
+    for caches in getattr(_fused_kernel, "device_caches", {}).values():
+        for k in caches[0].values():
+            ir = k.asm.get("ttgir", "")
+            md = k.metadata
+            rows.append(dict(num_warps=md.num_warps, num_stages=md.num_stages, shared_bytes=md.shared,
+                             n_regs=getattr(k, "n_regs", None), n_spills=getattr(k, "n_spills", None),
+                             cp_async=ir.count("async_copy_global_to_local"), tma_loads=ir.count("async_tma_copy"),
+                             descriptor_loads=ir.count("tt.descriptor_load"),
+                             tiles=sorted(set(re.findall(r"tensor<(\d+x\d+)x(?:bf16|f16|f32)", ir)))))
     return rows
 
 

@@ -30,7 +30,6 @@ token, so the dispatcher (``lte.kernels.sparse_ffn``) uses the masked dense prod
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -67,21 +66,15 @@ SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # expert's logit. On an H200 none of these beat the default at 50% (BENCHMARKS.md, eleventh
 # session: stages changed nothing, one-token TMA tiles were ~10x slower, dot tiles ~2x), but
 # router_first with block_f 8 and block_k 4096 took 17.2 us against 22.1 at 90% sparsity.
-# prefetch_down: issue the down rows' load before the gate/up loop (one d chunk; the kernel ablation
-# showed the down phase running after gate/up at 2.9 TB/s); it holds a [block_f, d] tile in
-# registers, so it suits block_f 8 or 4 with 8 warps. Added after this session's device time was
-# spent: not yet timed on a GPU.
-# persistent (one token; programs per SM, 0 = off): the router kernel appends the selected experts'
-# neuron slices of persistent_f neurons to a work list, then a fixed grid of programs streams that
-# list, each program loading its next slice's gate, up and down rows while it reduces the current
-# one (Triton's pipeliner skips loads that feed no dot, so this is pipelining by hand). The list
-# balances the work exactly, and no program waits on a router logit before its weight loads.
-# persistent_f is capped so that one [persistent_f, d] tile stays within PERSISTENT_TILE elements.
+# Two more one-token designs were built, checked correct at full shapes and timed slower on an H200
+# at 50% (twelfth session; code in git history at 697d20e): loading the down rows before the
+# gate/up loop (47.7-53.9 us) and a persistent grid streaming a router-built work list with the
+# next slice's rows in flight (56-1600 us: full-row tiles cost registers and spills).
+# maxnreg: cap the registers per thread (0: the compiler's choice, 166 at the default tiling, which
+# leaves room for ~3 programs per SM); a lower cap lets more programs, and their router loads, run at once.
 FUSED_CONFIG = {"block_k": 2048, "block_d": 4096, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
                 "block_d_dot": 128, "block_f": 16, "block_f_dot": 16, "num_stages": 3, "tma": 0, "dot": 0,
-                "router_first": 0, "prefetch_down": 0, "persistent": 0, "persistent_f": 4,
-                "persistent_warps": 8}
-PERSISTENT_TILE = 32768
+                "router_first": 0, "maxnreg": 0}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
 _CONFIG_KEYS = set(FUSED_CONFIG) | set(SPLITK_CONFIG)
 
@@ -172,14 +165,12 @@ def _fused_kernel(
     ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     N_SUB: tl.constexpr, ROUTER_K: tl.constexpr, TMA: tl.constexpr, MASK_IN: tl.constexpr,
-    PREFETCH_DOWN: tl.constexpr,
 ):
     """fused: router, selection, gate/up/act and down (atomics) for one neuron slice of one expert.
     ``TMA``: ``wg_ptr``/``wu_ptr``/``wd_ptr`` are tensor descriptors (bulk copies, out-of-range rows
     and columns read as zeros), else plain pointers with masked loads. ``MASK_IN``: the router kernel
     already wrote the mask (and initialised the output), so a program reads its expert's mask bytes
-    instead of computing the logits. ``PREFETCH_DOWN`` (one d chunk, ``BLOCK_D >= D``): the down rows
-    are loaded before the gate/up loop, so they are in flight together with the gate/up rows."""
+    instead of computing the logits."""
     pid = tl.program_id(0)
     e = pid // N_SUB
     sub = pid % N_SUB
@@ -202,9 +193,6 @@ def _fused_kernel(
         f_ok = offs_f < S
         rows = e * S + offs_f
         offs_db = tl.arange(0, BLOCK_D)
-        if PREFETCH_DOWN:
-            wd_pre = _load_rows(wd_ptr, rows[:, None] * D + offs_db[None, :], f_ok[:, None] & (offs_db < D)[None, :],
-                                e * S + sub * BLOCK_F, 0, TMA)
         if USE_DOT:
             accu = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
             accg = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
@@ -247,11 +235,8 @@ def _fused_kernel(
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + offs_db
             d_ok = offs_d < D
-            if PREFETCH_DOWN:
-                wd = wd_pre
-            else:
-                wd = _load_rows(wd_ptr, rows[:, None] * D + offs_d[None, :], f_ok[:, None] & d_ok[None, :],
-                                e * S + sub * BLOCK_F, d0, TMA)
+            wd = _load_rows(wd_ptr, rows[:, None] * D + offs_d[None, :], f_ok[:, None] & d_ok[None, :],
+                            e * S + sub * BLOCK_F, d0, TMA)
             if USE_DOT:
                 out = _mm(hd, wd, tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32), PREC, UPCAST)
             else:
@@ -262,28 +247,20 @@ def _fused_kernel(
 
 @triton.jit
 def _router_kernel(
-    x_ptr, rw_ptr, rb_ptr, rc_ptr, bd_ptr, mask_ptr, gu_ptr, y_ptr, list_ptr, count_ptr, N, D, F, S, E, threshold,
-    Z_PER_PROG, HAS_RB: tl.constexpr, HAS_RC: tl.constexpr, HAS_BD: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_Z: tl.constexpr, HAS_GU: tl.constexpr, LIST: tl.constexpr,
-    N_SUB: tl.constexpr, SUB_P2: tl.constexpr,
+    x_ptr, rw_ptr, rb_ptr, rc_ptr, bd_ptr, mask_ptr, gu_ptr, y_ptr, N, D, F, S, E, threshold, Z_PER_PROG,
+    HAS_RB: tl.constexpr, HAS_RC: tl.constexpr, HAS_BD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_Z: tl.constexpr, HAS_GU: tl.constexpr,
 ):
-    """splitk step 1 (and ``fused`` with ``router_first`` or ``persistent``), one program per expert:
-    router logits -> mask; zero this expert's gate/up accumulators (``HAS_GU``), initialise a slice of
-    the fp32 output (to ``b_down`` or 0) and, with ``LIST``, append a selected expert's ``N_SUB``
-    neuron slices (ids ``e * N_SUB + sub``) to the work list at a slot taken from ``count_ptr``."""
+    """splitk step 1 (and ``fused`` with ``router_first``), one program per expert: router logits ->
+    mask; zero this expert's gate/up accumulators (``HAS_GU``) and initialise a slice of the fp32
+    output (to ``b_down`` or 0)."""
     e = tl.program_id(0)
     offs_n = tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_kb = tl.arange(0, BLOCK_K)
     logit = _router_logits(x_ptr, rw_ptr, rb_ptr, rc_ptr, e, offs_n, n_ok, offs_kb, D, BLOCK_N, BLOCK_K, HAS_RB,
                            HAS_RC)
-    sel = (logit > threshold) & n_ok
-    tl.store(mask_ptr + offs_n * E + e, sel.to(tl.int8), mask=n_ok)
-    if LIST:
-        if tl.max(sel.to(tl.int32), axis=0) > 0:
-            slot = tl.atomic_add(count_ptr, N_SUB)
-            offs_sub = tl.arange(0, SUB_P2)
-            tl.store(list_ptr + slot + offs_sub, e * N_SUB + offs_sub, mask=offs_sub < N_SUB)
+    tl.store(mask_ptr + offs_n * E + e, ((logit > threshold) & n_ok).to(tl.int8), mask=n_ok)
     offs_s = tl.arange(0, BLOCK_S)
     zmask = n_ok[:, None] & (offs_s < S)[None, :]
     zoffs = offs_n[:, None] * F + (e * S + offs_s)[None, :]
@@ -298,71 +275,6 @@ def _router_kernel(
     else:
         init = tl.zeros([BLOCK_Z], dtype=tl.float32)
     tl.store(y_ptr + offs_z, init, mask=z_ok)
-
-
-@triton.jit
-def _slice_load(wg_ptr, wu_ptr, wd_ptr, bg_ptr, bu_ptr, item, live, D, S, offs_fb, offs_d, d_ok,
-                HAS_GATE: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, N_SUB: tl.constexpr,
-                BLOCK_F: tl.constexpr):
-    """Issue the loads of work item ``item`` (neuron slice ``item % N_SUB`` of expert ``item // N_SUB``):
-    its gate, up and down rows ``[BLOCK_F, BLOCK_D]`` and biases (zeros where not ``live``)."""
-    offs_f = (item % N_SUB) * BLOCK_F + offs_fb
-    f_ok = offs_f < tl.where(live, S, 0)  # (a scalar & a tensor of bools fails in the interpreter)
-    rows = (item // N_SUB) * S + offs_f
-    m = f_ok[:, None] & d_ok[None, :]
-    o = rows[:, None] * D + offs_d[None, :]
-    wu = tl.load(wu_ptr + o, mask=m, other=0.0)
-    wd = tl.load(wd_ptr + o, mask=m, other=0.0)
-    if HAS_GATE:
-        wg = tl.load(wg_ptr + o, mask=m, other=0.0)
-    else:
-        wg = wu
-    if HAS_BU:
-        bu = tl.load(bu_ptr + rows, mask=f_ok, other=0.0).to(tl.float32)
-    else:
-        bu = tl.zeros([BLOCK_F], dtype=tl.float32)
-    if HAS_BG:
-        bg = tl.load(bg_ptr + rows, mask=f_ok, other=0.0).to(tl.float32)
-    else:
-        bg = tl.zeros([BLOCK_F], dtype=tl.float32)
-    return wg, wu, wd, bg, bu, f_ok
-
-
-@triton.jit
-def _persistent_kernel(
-    x_ptr, wg_ptr, wu_ptr, wd_ptr, bg_ptr, bu_ptr, y_ptr, list_ptr, count_ptr, D, S,
-    HAS_GATE: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, N_SUB: tl.constexpr,
-):
-    """fused ``persistent`` (one token): program p streams items p, p + P, p + 2P, ... of the router
-    kernel's list of selected neuron slices (all the same size, so the programs' shares differ by at
-    most one slice). The next item's rows are loaded before the current item is reduced, so two
-    slices are in flight per program; the list entry after that is fetched one item ahead too."""
-    p = tl.program_id(0)
-    n_prog = tl.num_programs(0)
-    total = tl.load(count_ptr)
-    offs_fb = tl.arange(0, BLOCK_F)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    x = tl.load(x_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-    item = tl.load(list_ptr + p, mask=p < total, other=0)
-    wg, wu, wd, bg, bu, f_ok = _slice_load(wg_ptr, wu_ptr, wd_ptr, bg_ptr, bu_ptr, item, p < total, D, S, offs_fb,
-                                           offs_d, d_ok, HAS_GATE, HAS_BG, HAS_BU, N_SUB, BLOCK_F)
-    nxt = tl.load(list_ptr + p + n_prog, mask=p + n_prog < total, other=0)
-    for i in range(p, total, n_prog):
-        live_n = i + n_prog < total
-        wg_n, wu_n, wd_n, bg_n, bu_n, f_ok_n = _slice_load(wg_ptr, wu_ptr, wd_ptr, bg_ptr, bu_ptr, nxt, live_n, D, S,
-                                                           offs_fb, offs_d, d_ok, HAS_GATE, HAS_BG, HAS_BU, N_SUB,
-                                                           BLOCK_F)
-        nxt = tl.load(list_ptr + i + 2 * n_prog, mask=i + 2 * n_prog < total, other=0)
-        u = tl.sum(wu.to(tl.float32) * x[None, :], axis=1) + bu
-        if HAS_GATE:
-            h = _act(tl.sum(wg.to(tl.float32) * x[None, :], axis=1) + bg, ACT) * u
-        else:
-            h = _act(u, ACT)
-        h = tl.where(f_ok, h, 0.0)
-        tl.atomic_add(y_ptr + offs_d, tl.sum(h[:, None] * wd.to(tl.float32), axis=0), mask=d_ok, sem="relaxed")
-        wg, wu, wd, bg, bu, f_ok = wg_n, wu_n, wd_n, bg_n, bu_n, f_ok_n
 
 
 @triton.jit
@@ -492,36 +404,6 @@ def _check(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: 
         raise ValueError(f"router_w must be [E={f // expert_size}, d={d}], got {tuple(router_w.shape)}")
 
 
-@functools.cache
-def _multiprocessors(dev: torch.device) -> int:
-    """Streaming multiprocessors of ``dev`` (4 under the CPU interpreter), which size persistent grids."""
-    return torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
-
-
-def _persistent(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, w_gate: torch.Tensor | None, ptr: dict,
-                mask: torch.Tensor, route, act: str, expert_size: int, cfg: dict, has_bg: bool,
-                has_bu: bool) -> torch.Tensor:
-    """fused with ``persistent`` (one token): the router kernel builds the list of selected neuron
-    slices, then ``cfg["persistent"]`` programs per SM stream it (:func:`_persistent_kernel`)."""
-    d = x.shape[1]
-    block_d = max(16, triton.next_power_of_2(d))
-    block_f = min(cfg["persistent_f"], triton.next_power_of_2(expert_size), max(1, PERSISTENT_TILE // block_d))
-    if block_f < 1 or block_f & (block_f - 1):
-        raise ValueError(f"persistent_f must be a power of two, got {cfg['persistent_f']}")
-    n_sub = triton.cdiv(expert_size, block_f)
-    n_items = mask.shape[1] * n_sub
-    y32 = torch.empty(1, d, device=x.device, dtype=torch.float32)
-    count = torch.zeros(1, device=x.device, dtype=torch.int32)
-    work = torch.empty(n_items, device=x.device, dtype=torch.int32)
-    route(y32, None, 16, (work, count, n_sub))
-    grid = max(1, min(n_items, cfg["persistent"] * _multiprocessors(x.device)))
-    _persistent_kernel[(grid,)](
-        x, ptr["w_gate"], w_up, w_down, ptr["b_gate"], ptr["b_up"], y32, work, count, d, expert_size,
-        HAS_GATE=w_gate is not None, HAS_BG=has_bg, HAS_BU=has_bu,
-        ACT=_ACT_CODE[act], BLOCK_F=block_f, BLOCK_D=block_d, N_SUB=n_sub, num_warps=cfg["persistent_warps"])
-    return y32.to(x.dtype)
-
-
 def sparse_ffn_triton(
     x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, router_w: torch.Tensor,
     router_b: torch.Tensor | None, *, expert_size: int, act: str, w_gate: torch.Tensor | None = None,
@@ -564,19 +446,16 @@ def sparse_ffn_triton(
     ptr = {k: (v if v is not None else dummy) for k, v in opt.items()}
     env = _ENV_CONFIG if chosen else {}  # LTE_TRITON_CONFIG tunes the variant inference runs
 
-    def route(y32: torch.Tensor, gu: torch.Tensor | None, block_s: int, work: tuple | None = None) -> None:
-        """Router kernel: the mask, ``y32`` initialised to ``b_down`` or 0, gate/up sums ``gu`` zeroed;
-        ``work = (list, count, n_sub)``: selected experts' slices appended to ``list``."""
+    def route(y32: torch.Tensor, gu: torch.Tensor | None, block_s: int) -> None:
+        """Router kernel: the mask, ``y32`` initialised to ``b_down`` or 0, gate/up sums ``gu`` zeroed."""
         rn = triton.next_power_of_2(n)
         z_per = triton.cdiv(n * d, n_exp)
-        lst, count, n_sub = work if work is not None else (mask, mask, 1)
         _router_kernel[(n_exp,)](
             x, router_w, ptr["router_b"], ptr["router_center"], ptr["b_down"], mask, dummy if gu is None else gu,
-            y32, lst, count, n, d, f, expert_size, n_exp, float(logit_threshold), z_per, HAS_RB=router_b is not None,
+            y32, n, d, f, expert_size, n_exp, float(logit_threshold), z_per, HAS_RB=router_b is not None,
             HAS_RC=router_center is not None, HAS_BD=b_down is not None, BLOCK_N=rn,
             BLOCK_K=max(64, min(triton.next_power_of_2(d), 4096 // rn)), BLOCK_S=block_s,
-            BLOCK_Z=triton.next_power_of_2(z_per), HAS_GU=gu is not None, LIST=work is not None, N_SUB=n_sub,
-            SUB_P2=triton.next_power_of_2(n_sub), num_warps=4)
+            BLOCK_Z=triton.next_power_of_2(z_per), HAS_GU=gu is not None, num_warps=4)
     if variant == "splitk":
         cfg = {**SPLITK_CONFIG, **env, **(config or {})}
         warps = cfg["num_warps"]
@@ -599,10 +478,6 @@ def sparse_ffn_triton(
         return y32.to(x.dtype), mask.view(torch.bool)
 
     cfg = {**FUSED_CONFIG, **env, **(config or {})}
-    if cfg["persistent"] and not use_dot and not cfg["dot"]:
-        y = _persistent(x, w_up, w_down, w_gate, ptr, mask, route, act, expert_size, cfg, b_gate is not None,
-                        b_up is not None)
-        return y, mask.view(torch.bool)
     if cfg["dot"] and not use_dot:  # one token through the tensor-core tiles (its loads feed dots, so
         use_dot, block_n = True, 16  # Triton's software pipeliner keeps several tiles in flight)
     if block_f is None:
@@ -615,8 +490,6 @@ def sparse_ffn_triton(
     n_sub = triton.cdiv(expert_size, block_f)
     block_k = min(cfg["block_k_dot" if use_dot else "block_k"], max(16, triton.next_power_of_2(d)))
     block_d = min(cfg["block_d_dot" if use_dot else "block_d"], max(16, triton.next_power_of_2(d)))
-    if cfg["prefetch_down"]:  # the prefetched down tile is the whole row block: one d chunk
-        block_d = max(16, triton.next_power_of_2(d))
     wts = {"w_gate": ptr["w_gate"], "w_up": w_up, "w_down": w_down}
     use_tma = bool(cfg["tma"]) and _tma_fits(x, d, expert_size, block_f, block_k, block_d)
     if use_tma:
@@ -639,7 +512,7 @@ def sparse_ffn_triton(
         UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f,
         BLOCK_K=block_k, BLOCK_D=block_d,
         N_SUB=n_sub, ROUTER_K=min(cfg["router_k"] if not use_dot else 128, max(16, triton.next_power_of_2(d))),
-        TMA=use_tma, MASK_IN=bool(cfg["router_first"]), PREFETCH_DOWN=bool(cfg["prefetch_down"]),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        TMA=use_tma, MASK_IN=bool(cfg["router_first"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        maxnreg=cfg["maxnreg"] or None,
     )
     return y32.to(x.dtype), mask.view(torch.bool)
