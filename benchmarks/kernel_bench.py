@@ -154,8 +154,7 @@ def check_gpu(ws: list, d: int, s: int, batches=(1, 3, 8, 16)) -> list[dict]:
                                        ("fused_f8", "fused", {"block_f": 8}),
                                        ("fused_tma", "fused", {"tma": 1, "block_k": 256, "block_d": 256}),
                                        ("fused_dot_tma", "fused", {"dot": 1, "tma": 1, "block_k_dot": 256,
-                                                                   "block_d_dot": 256, "num_stages": 4}),
-                                       ("fused_acc2d", "fused", {"acc2d": 1, "block_k": 512, "num_warps": 8})):
+                                                                   "block_d_dot": 256, "num_stages": 4})):
                 y, mask = sparse_ffn_triton(x, w["wu"], w["wd_t"], w["rw"], None, expert_size=s, act="silu",
                                             w_gate=w["wg"], logit_threshold=thr, variant=variant, config=cfg)
                 err = ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -206,9 +205,7 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
             for name, kw in tried[:2] if args.quick else tried:
                 split = kw.get("config", {}).get("block_f", 32) < 32
                 tma = kw.get("config", {}).get("tma", 0)
-                acc2d = kw.get("config", {}).get("acc2d", 0)
                 if (kw["variant"] in broken or split and "fused_f8" in broken or tma and {"fused_tma", "fused_dot_tma"} & broken
-                        or acc2d and "fused_acc2d" in broken
                         or batch > 1 and name.startswith(("fused_f", "fused_c_"))):
                     continue  # the tilings differ at one token only; split slices and TMA only if checked correct
                 configs[name] = kw.get("config")

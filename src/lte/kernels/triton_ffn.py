@@ -66,17 +66,18 @@ SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # expert's logit. On an H200 none of these beat the default at 50% (BENCHMARKS.md, eleventh
 # session: stages changed nothing, one-token TMA tiles were ~10x slower, dot tiles ~2x), but
 # router_first with block_f 8 and block_k 4096 took 17.2 us against 22.1 at 90% sparsity.
-# Two more one-token designs were built, checked correct at full shapes and timed slower on an H200
-# at 50% (twelfth session; code in git history at 697d20e): loading the down rows before the
-# gate/up loop (47.7-53.9 us) and a persistent grid streaming a router-built work list with the
-# next slice's rows in flight (56-1600 us: full-row tiles cost registers and spills).
+# Three more one-token designs were built, checked correct at full shapes and timed slower on an H200
+# at 50% than the default's 41.3-41.8 us (twelfth session, BENCHMARKS.md; code in git history):
+# loading the down rows before the gate/up loop (47.7-53.9 us, 697d20e~1), a persistent grid
+# streaming a router-built work list with the next slice's rows in flight (56-1600 us: full-row
+# tiles cost registers and spills, 697d20e), and gate/up products summed element-wise over small K
+# chunks with 4-16 warps, reduced once after the loop (42.6-204 us, 3f5c75e).
 # maxnreg: cap the registers per thread (0: the compiler's choice, 166 at the default tiling, which
-# leaves room for ~3 programs per SM); a lower cap lets more programs, and their router loads, run at once.
-# acc2d (one token): accumulate gate/up products element-wise across K chunks and reduce once at the
-# end, like the bandwidth probe's loop, so small chunks with many warps need no per-chunk reduction.
+# leaves room for ~3 programs per SM). Caps of 64-128 spill and were slower at 50% (47.9-80.7 us), but
+# cut the call's fixed cost with nothing selected from 5.5 to 4.9 us (kernel_h200_s12_regs.json).
 FUSED_CONFIG = {"block_k": 2048, "block_d": 4096, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
                 "block_d_dot": 128, "block_f": 16, "block_f_dot": 16, "num_stages": 3, "tma": 0, "dot": 0,
-                "router_first": 0, "maxnreg": 0, "acc2d": 0}
+                "router_first": 0, "maxnreg": 0}
 # LTE_TRITON_CONFIG='{"block_k": 512, ...}' overrides entries of the default variant's config.
 _CONFIG_KEYS = set(FUSED_CONFIG) | set(SPLITK_CONFIG)
 
@@ -166,14 +167,13 @@ def _fused_kernel(
     HAS_GATE: tl.constexpr, HAS_RB: tl.constexpr, HAS_RC: tl.constexpr, HAS_BG: tl.constexpr, HAS_BU: tl.constexpr,
     ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    N_SUB: tl.constexpr, ROUTER_K: tl.constexpr, TMA: tl.constexpr, MASK_IN: tl.constexpr, ACC2D: tl.constexpr,
+    N_SUB: tl.constexpr, ROUTER_K: tl.constexpr, TMA: tl.constexpr, MASK_IN: tl.constexpr,
 ):
     """fused: router, selection, gate/up/act and down (atomics) for one neuron slice of one expert.
     ``TMA``: ``wg_ptr``/``wu_ptr``/``wd_ptr`` are tensor descriptors (bulk copies, out-of-range rows
     and columns read as zeros), else plain pointers with masked loads. ``MASK_IN``: the router kernel
     already wrote the mask (and initialised the output), so a program reads its expert's mask bytes
-    instead of computing the logits. ``ACC2D`` (one token): gate/up products accumulate element-wise
-    over the K loop and are reduced once after it (no cross-thread reduction per chunk)."""
+    instead of computing the logits."""
     pid = tl.program_id(0)
     e = pid // N_SUB
     sub = pid % N_SUB
@@ -199,9 +199,6 @@ def _fused_kernel(
         if USE_DOT:
             accu = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
             accg = tl.zeros([BLOCK_N, BLOCK_F], dtype=tl.float32)
-        elif ACC2D:  # one token, products summed element-wise and reduced once after the loop
-            accu2 = tl.zeros([BLOCK_F, BLOCK_K], dtype=tl.float32)
-            accg2 = tl.zeros([BLOCK_F, BLOCK_K], dtype=tl.float32)
         else:  # one token: reduce each chunk at once (small accumulators, so large chunks fit)
             accu1 = tl.zeros([BLOCK_F], dtype=tl.float32)
             accg1 = tl.zeros([BLOCK_F], dtype=tl.float32)
@@ -222,18 +219,9 @@ def _fused_kernel(
                 xk = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)
                 if HAS_GATE:
                     wg = _load_rows(wg_ptr, woffs, wmask, e * S + sub * BLOCK_F, k0, TMA)
-                    if ACC2D:
-                        accg2 += wg.to(tl.float32) * xk[None, :]
-                    else:
-                        accg1 += tl.sum(wg.to(tl.float32) * xk[None, :], axis=1)
-                if ACC2D:
-                    accu2 += wu.to(tl.float32) * xk[None, :]
-                else:
-                    accu1 += tl.sum(wu.to(tl.float32) * xk[None, :], axis=1)
+                    accg1 += tl.sum(wg.to(tl.float32) * xk[None, :], axis=1)
+                accu1 += tl.sum(wu.to(tl.float32) * xk[None, :], axis=1)
         if not USE_DOT:
-            if ACC2D:
-                accu1 = tl.sum(accu2, axis=1)
-                accg1 = tl.sum(accg2, axis=1)
             accu = accu1[None, :]
             accg = accg1[None, :]
         if HAS_BU:
@@ -527,7 +515,7 @@ def sparse_ffn_triton(
         UPCAST=upcast, BLOCK_N=block_n, BLOCK_F=block_f,
         BLOCK_K=block_k, BLOCK_D=block_d,
         N_SUB=n_sub, ROUTER_K=min(cfg["router_k"] if not use_dot else 128, max(16, triton.next_power_of_2(d))),
-        TMA=use_tma, MASK_IN=bool(cfg["router_first"]), ACC2D=bool(cfg["acc2d"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        TMA=use_tma, MASK_IN=bool(cfg["router_first"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         maxnreg=cfg["maxnreg"] or None,
     )
     return y32.to(x.dtype), mask.view(torch.bool)
