@@ -73,7 +73,7 @@ SPLITK_CONFIG = {"block_k": 256, "epp": 4, "block_d": 128, "num_warps": 4}
 # tiles cost registers and spills, 697d20e), and gate/up products summed element-wise over small K
 # chunks with 4-16 warps, reduced once after the loop (42.6-204 us, 3f5c75e).
 # maxnreg: cap the registers per thread (0: the compiler's choice, 166 at the default tiling, which
-# leaves room for ~3 programs per SM). Caps of 64-128 spill and were slower at 50% (47.9-80.7 us), but
+# leaves room for ~3 programs per SM). Caps of 64-128 spill and were slower at 50% (44.5-103 us), but
 # cut the call's fixed cost with nothing selected from 5.5 to 4.9 us (kernel_h200_s12_regs.json).
 FUSED_CONFIG = {"block_k": 2048, "block_d": 4096, "router_k": 4096, "num_warps": 4, "block_k_dot": 128,
                 "block_d_dot": 128, "block_f": 16, "block_f_dot": 16, "num_stages": 3, "tma": 0, "dot": 0,
