@@ -90,27 +90,3 @@ def test_train_flags_reach_the_train_config():
                                                        "--target-sparsity", "0.5"]))
     assert tcfg.stage2_bias_gain == TrainConfig().stage2_bias_gain == 1.0  # the default without the flag
 
-
-def test_demo_decode_speeds_alternate_modes(monkeypatch):
-    """The demo times dense and hard mode in alternating rounds (machine drift falls on both alike),
-    reports each mode's median and leaves the model in the last mode."""
-    from conftest import tiny_llama
-
-    import lte
-    from lte import pipeline
-    from lte.sparsify import get_mode
-    model = lte.sparsify(tiny_llama(), lte.LTEConfig(expert_size=16), progress=False)
-    seen = []
-    speed = {"dense": iter([10.0, 30.0, 20.0]), "hard": iter([5.0, 7.0, 6.0])}
-
-    def fake_generate(m, tok, prompt, max_new_tokens=64, **kw):
-        mode = get_mode(m)
-        seen.append((mode, max_new_tokens))
-        return "", {}, next(speed[mode]) if max_new_tokens == 32 else 1.0
-
-    monkeypatch.setattr(pipeline, "generate", fake_generate)
-    assert pipeline.decode_speeds(model, None) == {"dense": 20.0, "hard": 6.0}
-    assert seen == [("dense", 4), ("hard", 4)] + [("dense", 32), ("hard", 32)] * 3  # warm-ups, then rounds
-    assert get_mode(model) == "hard"
-    with pytest.raises(ValueError, match="rounds"):
-        pipeline.decode_speeds(model, None, rounds=0)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .bench import bench_generation
 from .config import LTEConfig, TrainConfig
 from .data import CACHE_DIR, load_texts, pack, split_tail, tokenize
 from .evaluate import perplexity
@@ -270,25 +270,6 @@ def demo_corpus(model, tok, device: str, n_per_prompt: int, new_tokens: int, see
     return texts
 
 
-def decode_speeds(model, tok, modes: tuple[str, ...] = ("dense", "hard"), rounds: int = 3,
-                  new_tokens: int = 32) -> dict[str, float]:
-    """Median eager decode tokens/s of ``model`` in each LTE mode. The modes alternate round by round
-    after one warm-up call each, so a busy machine's drift falls on all of them alike; the model is
-    left in the last mode."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    prompt = "Write a short paragraph about the ocean."
-    for mode in modes:
-        set_mode(model, mode)
-        generate(model, tok, "Hello", max_new_tokens=4)
-    runs: dict[str, list[float]] = {mode: [] for mode in modes}
-    for _ in range(rounds):
-        for mode in modes:
-            set_mode(model, mode)
-            runs[mode].append(generate(model, tok, prompt, max_new_tokens=new_tokens)[2])
-    return {mode: statistics.median(v) for mode, v in runs.items()}
-
-
 def run_demo(a, device: str) -> dict:
     """``lte demo``: the embedded default job (see DESIGN.md)."""
     progress = not a.no_progress
@@ -323,11 +304,14 @@ def run_demo(a, device: str) -> dict:
     summary = train(model, tcfg, train_blocks, None, a.out, tokenizer=tok, teacher=teacher, progress=progress)
     set_mode(model, "hard")
     sparse = perplexity(model, val_ids, seq_len=seq_len, batch_size=batch, progress=progress)
-    tps = decode_speeds(model, tok)  # the trained model in dense and hard mode, side by side; ends in hard
+    # tokens/s side by side (lte bench's eager setup): the trained weights in plain dense FFNs vs hard mode,
+    # alternating rounds, medians
+    speed = bench_generation(model, tok, prompt_len=32, new_tokens=32, repeats=3, setups=("eager",),
+                             progress=False)[0]
     prompt = "Explain in two sentences why the sky is blue."
     sample, st, _ = generate(model, tok, prompt, max_new_tokens=48)
     save(model, Path(a.out) / "model", tok)
-    res = {"dense": {**dense, "tokens_per_s": tps["dense"]}, "lte": {**sparse, "tokens_per_s": tps["hard"]},
+    res = {"dense": {**dense, "tokens_per_s": speed["dense_tok_s"]}, "lte": {**sparse, "tokens_per_s": speed["lte_tok_s"]},
            "target_sparsity": a.target_sparsity, "train_tokens": summary["train_tokens"], "device": device}
     for r in res["dense"], res["lte"]:
         r.pop("per_layer_sparsity", None)
@@ -344,5 +328,5 @@ def run_demo(a, device: str) -> dict:
     return res
 
 
-__all__ = ["run_train", "run_eval", "run_generate", "run_demo", "generate", "decode_speeds", "build_configs",
-           "is_lte_dir", "make_teacher"]
+__all__ = ["run_train", "run_eval", "run_generate", "run_demo", "generate", "build_configs", "is_lte_dir",
+           "make_teacher"]
